@@ -1,0 +1,34 @@
+"""Install simformer (weak-shot semantic segmentation on detectron2) and ssa_adapter.
+
+detectron2 itself is not on PyPI: `bash tools/setup_env.sh` installs it (see README, "Install").
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="simformer",
+    version="0.1.0",
+    description="Weak-shot semantic segmentation (SimFormer, SSA) on detectron2",
+    packages=find_packages(include=("simformer*", "ssa_adapter*")),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=1.10",
+        "torchvision",
+        "fvcore",
+        "pycocotools",
+        "numpy",
+        "opencv-python-headless",
+        "scipy",
+        "Pillow",
+        "tqdm",
+        "tabulate",
+        "matplotlib",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout", "hypothesis"],
+    },
+    entry_points={
+        "console_scripts": [
+            "simformer-train=simformer.tools.train:main",
+        ],
+    },
+)

@@ -1,0 +1,80 @@
+"""``add_simformer_config(cfg)``: every key simformer adds to detectron2's config, with its default.
+
+Keys are read only by ``from_config`` methods (model, heads, criterion, mapper, trainer); yacs rejects
+unknown keys, so this function is the complete list of knobs.
+"""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_simformer_config"]
+
+
+def add_simformer_config(cfg):
+    """Add simformer's keys (in place) to a detectron2 config from ``get_cfg()``."""
+    # ---------------------------------------------------------------- data
+    # Training dataset mapper, by class name in MAPPER_REGISTRY ("SemSegDatasetMapper": single image, full labels).
+    cfg.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"
+    # SSD-style photometric jitter (brightness, contrast, saturation, hue) in training.
+    cfg.INPUT.COLOR_AUG_SSD = True
+    # Random crop: largest fraction of the crop one category may cover (1.0 = plain random crop).
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # Pad training images (bottom/right) to this fixed square size; -1 = no fixed-size padding.
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Horizontal flip probability in training.
+    cfg.INPUT.FLIP_PROB = 0.5
+
+    # ---------------------------------------------------------------- optimiser / schedule
+    # "ADAMW" or "SGD".
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # LR multiplier for parameters whose module name contains "backbone".
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    # Weight decay of nn.Embedding parameters (query embeddings).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Poly schedule: lr = base * (1 - it / MAX_ITER) ** POLY_LR_POWER (after warmup).
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    # CLIP_GRADIENTS.CLIP_TYPE additionally accepts "full_model": one L2 norm over all parameters.
+
+    # ---------------------------------------------------------------- mask-classification model
+    cfg.MODEL.MASK_FORMER = CN()
+    # Loss weights: classification CE, sigmoid focal mask loss, dice mask loss.
+    cfg.MODEL.MASK_FORMER.CLASS_WEIGHT = 1.0
+    cfg.MODEL.MASK_FORMER.MASK_WEIGHT = 20.0
+    cfg.MODEL.MASK_FORMER.DICE_WEIGHT = 1.0
+    # CE weight of the "no object" class.
+    cfg.MODEL.MASK_FORMER.NO_OBJECT_WEIGHT = 0.1
+    # Add the losses of every intermediate decoder layer (suffix _0.._L-2).
+    cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION = True
+    # Matching costs: -p(class), sigmoid focal, dice (computed at mask-feature resolution).
+    cfg.MODEL.MASK_FORMER.COST_CLASS = 1.0
+    cfg.MODEL.MASK_FORMER.COST_FOCAL = 20.0
+    cfg.MODEL.MASK_FORMER.COST_DICE = 1.0
+    # Transformer decoder, by name in TRANSFORMER_DECODER_REGISTRY.
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME = "StandardTransformerDecoder"
+    # Backbone / pixel-decoder feature the decoder attends to ("res5" or "transformer_encoder").
+    cfg.MODEL.MASK_FORMER.TRANSFORMER_IN_FEATURE = "res5"
+    cfg.MODEL.MASK_FORMER.NUM_OBJECT_QUERIES = 100
+    cfg.MODEL.MASK_FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK_FORMER.NHEADS = 8
+    cfg.MODEL.MASK_FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK_FORMER.DROPOUT = 0.1
+    cfg.MODEL.MASK_FORMER.DEC_LAYERS = 6
+    # Pre-LayerNorm transformer layers instead of post-norm.
+    cfg.MODEL.MASK_FORMER.PRE_NORM = False
+    # Always project the decoder input with a 1x1 conv, even when its channels equal HIDDEN_DIM.
+    cfg.MODEL.MASK_FORMER.ENFORCE_INPUT_PROJ = False
+    # Pad the batch to a multiple of this (backbone stride); the mapper may pad further.
+    cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
+
+    # ---------------------------------------------------------------- pixel decoder / heads
+    # Pixel decoder, by name in PIXEL_DECODER_REGISTRY ("BasePixelDecoder": FPN;
+    # "TransformerEncoderPixelDecoder": FPN whose coarsest level goes through a transformer encoder).
+    cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "BasePixelDecoder"
+    # Channels of the per-pixel embedding ("mask_features").
+    cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
+    # Transformer-encoder layers of TransformerEncoderPixelDecoder.
+    cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
+    # Classification layer of the per-pixel head, by name in CLASSIFIER_REGISTRY.
+    cfg.MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME = "LinearClassifier"
+
+    # ---------------------------------------------------------------- evaluation
+    # Print and log this many predictions as colour overlays after evaluation (0 = none).
+    cfg.TEST.NUM_VIS_OVERLAYS = 0

@@ -1,0 +1,1 @@
+"""SSA adaptive classifier (semantic + spatial prototype adaptation); built by a later issue."""

@@ -1,0 +1,34 @@
+import torch
+
+from simformer.inference import postprocess_sem_seg, semantic_inference
+
+
+def test_semantic_inference_hand_made():
+    # 2 queries, K = 2 classes (+ no-object), 1x2 image
+    mask_cls = torch.log(torch.tensor([[0.7, 0.1, 0.2], [0.1, 0.8, 0.1]]))  # softmax gives these probabilities
+    mask_pred = torch.logit(torch.tensor([[[0.9, 0.2]], [[0.1, 0.6]]]))
+    scores = semantic_inference(mask_cls, mask_pred)
+    expected = torch.tensor(
+        [
+            [[0.7 * 0.9 + 0.1 * 0.1, 0.7 * 0.2 + 0.1 * 0.6]],
+            [[0.1 * 0.9 + 0.8 * 0.1, 0.1 * 0.2 + 0.8 * 0.6]],
+        ]
+    )
+    assert scores.shape == (2, 1, 2)
+    assert torch.allclose(scores, expected, atol=1e-6)
+    assert scores.argmax(0).tolist() == [[0, 1]]
+    batched = semantic_inference(mask_cls[None].repeat(3, 1, 1), mask_pred[None].repeat(3, 1, 1, 1))
+    assert batched.shape == (3, 2, 1, 2) and torch.allclose(batched[2], expected, atol=1e-6)
+
+
+def test_no_object_column_is_dropped():
+    mask_cls = torch.tensor([[0.0, 0.0, 10.0]])  # almost surely "no object"
+    scores = semantic_inference(mask_cls, torch.zeros(1, 2, 2))
+    assert scores.shape == (2, 2, 2) and scores.max() < 1e-3
+
+
+def test_postprocess_crops_padding_then_resizes():
+    result = torch.zeros(1, 8, 8)
+    result[0, :4, :6] = 1.0  # valid region is 4x6, the rest is padding
+    out = postprocess_sem_seg(result, (4, 6), 8, 12)
+    assert out.shape == (1, 8, 12) and torch.allclose(out, torch.ones(1, 8, 12))

@@ -1,0 +1,57 @@
+import math
+
+import torch
+
+from simformer.modeling.losses import batch_dice_cost, batch_sigmoid_focal_cost, dice_loss, sigmoid_focal_loss, weighted_cross_entropy
+
+
+def _focal_by_hand(x, y, alpha=0.25, gamma=2.0):
+    p = 1 / (1 + math.exp(-x))
+    ce = -(y * math.log(p) + (1 - y) * math.log(1 - p))
+    p_t = p * y + (1 - p) * (1 - y)
+    a_t = alpha * y + (1 - alpha) * (1 - y)
+    return a_t * (1 - p_t) ** gamma * ce
+
+
+def test_sigmoid_focal_loss_matches_hand_computation():
+    logits = torch.tensor([[0.0, 2.0, -1.0, 3.0]])
+    targets = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    expected = sum(_focal_by_hand(x, y) for x, y in zip(logits[0].tolist(), targets[0].tolist())) / 4
+    # x = 0, y = 1: 0.25 * 0.5^2 * ln 2 -- check one term by hand as well
+    assert abs(_focal_by_hand(0.0, 1.0) - 0.25 * 0.25 * math.log(2)) < 1e-12
+    assert torch.allclose(sigmoid_focal_loss(logits, targets), torch.tensor([expected]), atol=1e-6)
+
+
+def test_dice_loss_matches_hand_computation():
+    logits = torch.tensor([[0.0, 0.0, 100.0, -100.0]])  # probabilities 0.5, 0.5, 1, 0
+    targets = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    # numerator 2 * (0.5 + 1) = 3; denominator (0.5 + 0.5 + 1) + 2 = 4; loss = 1 - (3 + 1) / (4 + 1)
+    assert torch.allclose(dice_loss(logits, targets), torch.tensor([1 - 4 / 5]), atol=1e-6)
+    # a perfect, confident prediction has (almost) zero dice loss
+    assert dice_loss(torch.tensor([[50.0, -50.0]]), torch.tensor([[1.0, 0.0]])).item() < 1e-6
+
+
+def test_pairwise_costs_equal_per_pair_losses():
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(5, 30, generator=g)
+    tgt = (torch.rand(3, 30, generator=g) > 0.5).float()
+    focal = batch_sigmoid_focal_cost(pred, tgt)
+    dice = batch_dice_cost(pred, tgt)
+    assert focal.shape == dice.shape == (5, 3)
+    for q in range(5):
+        for t in range(3):
+            assert torch.allclose(focal[q, t], sigmoid_focal_loss(pred[q : q + 1], tgt[t : t + 1])[0], atol=1e-6)
+            assert torch.allclose(dice[q, t], dice_loss(pred[q : q + 1], tgt[t : t + 1])[0], atol=1e-6)
+
+
+def test_weighted_cross_entropy_downweights_no_object():
+    logits = torch.zeros(1, 2, 3)  # 2 queries, K = 2 real classes + no-object, uniform predictions
+    target = torch.tensor([[0, 2]])  # query 0 -> class 0, query 1 -> no object
+    weight = torch.tensor([1.0, 1.0, 0.1])
+    # every CE term is ln 3; the weighted mean of equal terms is ln 3 whatever the weights
+    assert torch.allclose(weighted_cross_entropy(logits, target, weight), torch.tensor(math.log(3)), atol=1e-6)
+    logits2 = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+    ce0 = -torch.log_softmax(logits2[0, 0], -1)[0]
+    ce1 = -torch.log_softmax(logits2[0, 1], -1)[2]
+    expected = (1.0 * ce0 + 0.1 * ce1) / 1.1
+    assert torch.allclose(weighted_cross_entropy(logits2, target, weight), expected, atol=1e-6)
