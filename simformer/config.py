@@ -22,6 +22,24 @@ def add_simformer_config(cfg):
     # Horizontal flip probability in training.
     cfg.INPUT.FLIP_PROB = 0.5
 
+    # ---------------------------------------------------------------- weak-shot data
+    # Read by WeakShotDatasetMapper / PairDatasetMapper (simformer/data/dataset_mappers/); base / novel
+    # class ids come from the metadata of DATASETS.TRAIN[0] (register_simulated_weakshot / _real_weakshot).
+    cfg.INPUT.WEAKSHOT = CN()
+    # Where image-level novel labels come from: "image" = the dataset dict's "novel_tags" (whole image,
+    # true to the weak-shot setting); "crop" = novel ids still present after augmentation (the official
+    # code's behaviour; needs full labels, i.e. simulated weak-shot data).
+    cfg.INPUT.WEAKSHOT.IMAGE_LEVEL_LABELS = "image"
+    # Novel classes are ordinary mask targets (retraining on pseudo-labels) instead of image-level targets.
+    cfg.INPUT.WEAKSHOT.NOVEL_HAS_MASK = False
+    # Pseudo-label folder ("" = none): labels are read from <dir>/<basename of sem_seg_file_name>; a missing
+    # file is an error (never a fallback to the ground truth).
+    cfg.INPUT.WEAKSHOT.PSEUDO_LABEL_DIR = ""
+    # Partner rule of PairDatasetMapper: "Deconf<p>" (0 <= p <= 1), "Rand", "BInter" or "NInter" (spec §1.3).
+    cfg.INPUT.WEAKSHOT.PAIR_TYPE = "Deconf0.01"
+    # Folder for the cached partner table ("" = <folder of the first label file>/../pair_cache).
+    cfg.INPUT.WEAKSHOT.PAIR_CACHE_DIR = ""
+
     # ---------------------------------------------------------------- optimiser / schedule
     # "ADAMW" or "SGD".
     cfg.SOLVER.OPTIMIZER = "ADAMW"

@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+import zipfile
 from functools import lru_cache
 from multiprocessing import Pool
 
@@ -72,6 +73,14 @@ def _gather_segments(offsets, order):
     """CSR row gather: new offsets and the value indices that list rows ``order`` one after another."""
     order = np.asarray(order, dtype=np.int64)
     return _segments_index(offsets[order], offsets[order + 1] - offsets[order])
+
+
+def _sort_within_segments(offsets, values):
+    """``values`` (non-negative int32) sorted ascending inside each CSR segment."""
+    segment = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    key = (segment << 32) | values.astype(np.int64)
+    key.sort()
+    return (key & 0xFFFFFFFF).astype(np.int32)
 
 
 def _capped_dense(keys, cap):
@@ -148,7 +157,9 @@ class PairTable:
             setattr(self, name, array)
         for name in ("deconf_img_ptr", "novel_common_offsets", "base_common_offsets"):
             if len(getattr(self, name)) != self.num_images + 1:
-                raise ValueError(f"PairTable: {name} has {len(getattr(self, name))} entries, expected {self.num_images + 1}")
+                raise ValueError(
+                    f"PairTable: {name} has {len(getattr(self, name))} entries, expected {self.num_images + 1}"
+                )
 
     # ------------------------------------------------------------------------------------------
     # construction
@@ -169,9 +180,13 @@ class PairTable:
         num_images, num_classes = presence.shape
         novel = np.asarray(sorted(int(c) for c in novel_ids), dtype=np.int64)
         if len(np.unique(novel)) != len(novel) or (len(novel) and not 0 <= novel[0] <= novel[-1] < num_classes):
-            raise ValueError(f"PairTable.build: novel_ids must be distinct ids in [0, {num_classes}), got {novel.tolist()}")
+            raise ValueError(
+                f"PairTable.build: novel_ids must be distinct ids in [0, {num_classes}), got {novel.tolist()}"
+            )
         if len(caps) != 3 or min(caps) < 1:
-            raise ValueError(f"PairTable.build: caps must be 3 positive ints (deconf, novel_common, base_common), got {caps}")
+            raise ValueError(
+                f"PairTable.build: caps must be 3 positive ints (deconf, novel_common, base_common), got {caps}"
+            )
         cap_deconf, cap_novel, cap_base = (int(c) for c in caps)
         rng = np.random.default_rng(int(seed))
 
@@ -255,11 +270,11 @@ class PairTable:
         for kind in ("novel_common", "base_common"):
             off, index = _gather_segments(getattr(self, f"{kind}_offsets"), new_to_old)
             arrays[f"{kind}_offsets"] = off
-            arrays[f"{kind}_cands"] = old_to_new[getattr(self, f"{kind}_cands")[index]]
+            arrays[f"{kind}_cands"] = _sort_within_segments(off, old_to_new[getattr(self, f"{kind}_cands")[index]])
         arrays["deconf_img_ptr"], group_index = _gather_segments(self.deconf_img_ptr, new_to_old)
         arrays["deconf_cls"] = self.deconf_cls[group_index]
         arrays["deconf_offsets"], index = _gather_segments(self.deconf_offsets, group_index)
-        arrays["deconf_cands"] = old_to_new[self.deconf_cands[index]]
+        arrays["deconf_cands"] = _sort_within_segments(arrays["deconf_offsets"], old_to_new[self.deconf_cands[index]])
         return PairTable(self.num_images, self.novel_ids, self.caps, **arrays)
 
     # ------------------------------------------------------------------------------------------
@@ -370,7 +385,9 @@ def _class_counts(args):
     except (OSError, ValueError) as e:
         raise ValueError(f"pair_table: cannot read label PNG {path}: {e}") from e
     if label.ndim != 2 or label.dtype.kind not in "iu":
-        raise ValueError(f"pair_table: {path} is not a single-channel integer label map (shape {label.shape}, {label.dtype})")
+        raise ValueError(
+            f"pair_table: {path} is not a single-channel integer label map (shape {label.shape}, {label.dtype})"
+        )
     counts = np.bincount(label.ravel().astype(np.int64, copy=False), minlength=num_classes)
     bad = np.flatnonzero(counts[num_classes:]) + num_classes
     bad = bad[bad != ignore_label]
@@ -433,7 +450,7 @@ def load_or_build_pair_table(
         try:
             with np.load(path, allow_pickle=False) as data:
                 state = {name: data[name] for name in data.files}
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
             logger.warning(f"pair_table: cannot read cache {path} ({e}); rebuilding it")
         else:
             table = PairTable.from_state_dict(state)
@@ -441,7 +458,8 @@ def load_or_build_pair_table(
             if cached_files != label_files:
                 position = {f: k for k, f in enumerate(cached_files)}
                 table = table.reindexed([position[f] for f in label_files])
-            logger.info(f"Loaded pair table of {table.num_images} images from {path} in {time.perf_counter() - start:.2f} s")
+            seconds = time.perf_counter() - start
+            logger.info(f"Loaded pair table of {table.num_images} images from {path} in {seconds:.2f} s")
             return table
 
     start = time.perf_counter()

@@ -6,10 +6,10 @@ NumPy / Pillow / PyTorch) that does not need it, so all of this can be deleted o
 no longer a supported install route (``tools/setup_env.sh`` installs it only when upstream detectron2
 cannot be fetched).
 
-Patches (one line each on why):
+The install-time counterpart, a stand-in ``detectron2._C`` for 0.6 built without its C++ ops, is
+``tools/d2_c_stub.py`` (copied into detectron2 by ``tools/setup_env.sh``).
 
-(The install-time counterpart, a stand-in ``detectron2._C`` for 0.6 built without C++ ops, is
-``tools/d2_c_stub.py``, copied into detectron2 by ``tools/setup_env.sh``.)
+Patches (one line each on why):
 
 1. NumPy aliases ``np.int/np.float/np.bool/np.object`` -- removed in NumPy 1.24, used by 0.6 helpers
    (``structures/masks.py``, ``utils/visualizer.py``, ``data/build.py``).
@@ -49,9 +49,14 @@ def _numpy_aliases():
 
 def _pillow_linear():
     """Patch 2: Pillow >= 10 removed ``Image.LINEAR`` (an alias of BILINEAR)."""
+    import warnings
+
     from PIL import Image
 
-    if not hasattr(Image, "LINEAR"):
+    with warnings.catch_warnings():  # Pillow 9.1-9.5 still has it, with a DeprecationWarning
+        warnings.simplefilter("ignore", DeprecationWarning)
+        present = hasattr(Image, "LINEAR")
+    if not present:
         Image.LINEAR = Image.BILINEAR
 
 

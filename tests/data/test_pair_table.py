@@ -75,8 +75,9 @@ def test_caps_subsample_uniformly_and_deterministically(random_dataset):
     again = PairTable.build(presence, novel, caps=caps, seed=0, chunk_rows=13)
     other = PairTable.build(presence, novel, caps=caps, seed=1, chunk_rows=13)
     for i, lists in enumerate(expected):
-        full_lists = [("novel_common", None, lists["novel_common"], caps[1]), ("base_common", None, lists["base_common"], caps[2])]
-        full_lists += [("deconf", c, cands, caps[0]) for c, cands in lists["deconf"].items()]
+        full_lists = [("deconf", c, cands, caps[0]) for c, cands in lists["deconf"].items()]
+        full_lists += [("novel_common", None, lists["novel_common"], caps[1])]
+        full_lists += [("base_common", None, lists["base_common"], caps[2])]
         for kind, c, full, cap in full_lists:
             got = table.candidates(i, kind, c).tolist()
             assert len(got) == min(cap, len(full)) and set(got) <= set(full)
@@ -109,12 +110,7 @@ def test_reindexed_and_state_dict_round_trip(random_dataset):
     table = PairTable.build(presence, novel, caps=BIG_CAPS)
     order = np.random.default_rng(2).permutation(60)
     permuted = table.reindexed(order)
-    expected = brute_force(presence[order], novel)
-    for i, lists in enumerate(expected):
-        for c, cands in lists["deconf"].items():
-            assert sorted(permuted.candidates(i, "deconf", c).tolist()) == cands
-        assert sorted(permuted.candidates(i, "base_common").tolist()) == lists["base_common"]
-        assert sorted(permuted.candidates(i, "novel_common").tolist()) == lists["novel_common"]
+    assert_matches(permuted, brute_force(presence[order], novel), novel)
     restored = PairTable.from_state_dict(table.state_dict())
     assert_matches(restored, brute_force(presence, novel), novel)
     with pytest.raises(ValueError, match="permutation"):
@@ -282,11 +278,7 @@ def test_cache_hit_reorder_and_rebuild(tmp_path, random_dataset, monkeypatch):
     monkeypatch.setattr(pt.PairTable, "build", no_build)
     assert_matches(load_or_build_pair_table(dicts, **kwargs), brute_force(presence, novel), novel)
     reversed_table = load_or_build_pair_table(dicts[::-1], **kwargs)  # same files, other order
-    expected = brute_force(presence[::-1], novel)
-    for i, lists in enumerate(expected):
-        assert sorted(reversed_table.candidates(i, "base_common").tolist()) == lists["base_common"]
-        for c, cands in lists["deconf"].items():
-            assert sorted(reversed_table.candidates(i, "deconf", c).tolist()) == cands
+    assert_matches(reversed_table, brute_force(presence[::-1], novel), novel)
     monkeypatch.undo()
 
     # a changed label file (new content and mtime) gives a new fingerprint and a rebuild
@@ -301,3 +293,17 @@ def test_cache_hit_reorder_and_rebuild(tmp_path, random_dataset, monkeypatch):
     load_or_build_pair_table(dicts, **{**kwargs, "novel_ids": [1, 4]})
     assert len(os.listdir(cache)) == 3
     assert not [f for f in os.listdir(cache) if f.endswith(".tmp")]
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, random_dataset, caplog):
+    presence, novel = random_dataset
+    paths = write_labels(tmp_path / "labels", presence[:10])
+    dicts = [{"sem_seg_file_name": p} for p in paths]
+    kwargs = dict(num_classes=12, novel_ids=novel, cache_dir=str(tmp_path / "cache"), caps=BIG_CAPS)
+    load_or_build_pair_table(dicts, **kwargs)
+    (cached,) = (tmp_path / "cache").iterdir()
+    for garbage in (b"", b"PK\x03\x04 truncated", b"not an npz"):
+        cached.write_bytes(garbage)
+        assert_matches(load_or_build_pair_table(dicts, **kwargs), brute_force(presence[:10], novel), novel)
+        assert "cannot read cache" in caplog.text
+        caplog.clear()

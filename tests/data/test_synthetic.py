@@ -121,10 +121,13 @@ def test_incomplete_or_foreign_root(tmp_path):
     (root / "images" / "stale.png").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="not a simformer synthetic dataset"):
         syn.ensure_synthetic_dataset(str(root), image_size=48, num_train=2, num_val=1)
+    assert sorted(os.listdir(tmp_path)) == [".simformer_synthetic.lock", "simformer_synthetic"]  # refused before generating
+    (tmp_path / ".empty.tmp-killed").mkdir()  # leftover of a killed run: cleaned up
     empty = tmp_path / "empty"
     empty.mkdir()
     syn.ensure_synthetic_dataset(str(empty), image_size=48, num_train=2, num_val=1)
     assert (empty / "meta.json").exists()
+    assert not (tmp_path / ".empty.tmp-killed").exists()
 
 
 def test_bad_params():

@@ -173,6 +173,8 @@ def _dist_worker(rank, world_size, port, paths, result_file):
             torch.save(dict(results["sem_seg"]), result_file)
         else:
             assert results is None
+        # gloo may abort at exit if a peer tears down while the last collective is still in flight
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -7,13 +7,8 @@ Layout: ``<image_root>/<stem><image_ext>`` and ``<label_root>/<stem><label_ext>`
 import logging
 import os
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
-
-from simformer.utils import d2compat
-
-d2compat.apply()  # detectron2 0.6 without C++ ops cannot import detectron2.data otherwise
-
-from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 
 __all__ = ["IMAGE_EXTENSIONS", "load_sem_seg_folder", "register_sem_seg_folder", "default_class_colors"]
 
@@ -96,6 +91,7 @@ def load_sem_seg_folder(image_root, label_root, image_ext=None, label_ext=".png"
         dicts.append(
             {"file_name": image_file, "sem_seg_file_name": label_file, "height": height, "width": width, "image_id": stem}
         )
+    logger.info(f"Loaded {len(dicts)} images with semantic segmentation from {image_root}")
     return dicts
 
 

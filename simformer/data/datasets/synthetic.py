@@ -24,9 +24,9 @@ import time
 
 import cv2
 import numpy as np
+from detectron2.data import DatasetCatalog
 
-from .folder import load_sem_seg_folder, register_sem_seg_folder  # applies d2compat first
-from detectron2.data import DatasetCatalog  # noqa: E402  (after d2compat.apply() in .folder)
+from .folder import register_sem_seg_folder
 
 try:
     import fcntl
@@ -413,15 +413,22 @@ def _is_current(root, p):
     return meta is not None and meta.get("version") == GENERATOR_VERSION and meta.get("params") == p
 
 
+def _check_replaceable(dst):
+    """Refuse to replace anything but an empty folder or a dataset written by this generator."""
+    if not os.path.lexists(dst):
+        return
+    meta = _read_meta(dst)
+    if not (os.path.isdir(dst) and (not os.listdir(dst) or (meta or {}).get("generator") == _GENERATOR_TAG)):
+        raise FileExistsError(
+            f"'{dst}' exists but is not a simformer synthetic dataset (no meta.json from this generator); "
+            "remove it or choose another root"
+        )
+
+
 def _replace_dir(src, dst):
     """Move ``src`` to ``dst``, replacing a previous synthetic dataset there."""
     if os.path.lexists(dst):
-        meta = _read_meta(dst)
-        if not (os.path.isdir(dst) and (not os.listdir(dst) or (meta or {}).get("generator") == _GENERATOR_TAG)):
-            raise FileExistsError(
-                f"'{dst}' exists but is not a simformer synthetic dataset (no meta.json from this generator); "
-                "remove it or choose another root"
-            )
+        _check_replaceable(dst)
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
         os.replace(dst, os.path.join(old, "data"))
         os.replace(src, dst)
@@ -453,6 +460,10 @@ def ensure_synthetic_dataset(root=None, force=False, **params):
         try:
             if not force and _is_current(root, p):
                 return root
+            _check_replaceable(root)
+            for name in os.listdir(parent):  # leftovers of a killed generator (we hold the lock)
+                if name.startswith((f".{base}.tmp-", f".{base}.old-")):
+                    shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             logger.info(f"Generating synthetic dataset at '{root}' ({p['num_train']} train, {p['num_val']} val) ...")
             tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
             try:
