@@ -104,7 +104,7 @@ class SemSegDatasetMapper:
         if self.is_train:
             image, label = self.augment(image, label)
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
-        sem_seg = torch.as_tensor(np.ascontiguousarray(label), dtype=torch.int64)
+        sem_seg = torch.from_numpy(label.astype(np.int64))
         if self.size_divisibility > 0:
             h, w = sem_seg.shape
             pad = (0, max(self.size_divisibility - w, 0), 0, max(self.size_divisibility - h, 0))

@@ -91,9 +91,9 @@ DEFAULT_PARAMS = {
     "num_train": 800,
     "num_val": 120,
     "seed": 0,
-    "min_objects": 2,
-    "max_objects": 5,
-    "object_scale": [0.14, 0.43],  # object diameter range, as a fraction of the shorter image side
+    "min_objects": 3,
+    "max_objects": 6,
+    "object_scale": [0.16, 0.45],  # object diameter range, as a fraction of the shorter image side
     "noise_std": 6.0,  # Gaussian pixel noise (0..255 scale)
     "color_jitter": 20.0,  # per-instance uniform jitter of each palette colour channel
 }
@@ -531,7 +531,7 @@ def describe_synthetic():
         f"(or `python -m simformer.data.datasets.synthetic`). The background is split by wavy lines into 2-3 "
         f"regions of stuff classes: {stuff}. On top, {p['min_objects']}-{p['max_objects']} objects "
         f"({lo}-{hi} px across, random rotation, aspect, partial occlusion in painter's order) each with its "
-        f"own shape and texture: {objects}. Every class paints with two colours drawn from one shared "
+        f"own shape and texture: {objects}. Every class paints with colours drawn from one shared "
         f"12-colour palette (plus per-instance colour jitter, global gain/bias and Gaussian pixel noise), so "
         f"no class can be recognised from a pixel's colour: shape and texture are what identify it. Labels "
         f"are exact class ids 0..{len(SYNTHETIC_CLASSES) - 1} (no ignore pixels)."

@@ -189,8 +189,8 @@ def label_presence(label_files, num_classes, ignore_label=255):
     One ``bincount`` per file (:func:`~simformer.data.pair_table.build_presence_matrix`), memoised in
     this process by path, size and modification time (the loader runs at every ``DatasetCatalog.get``).
     """
-    stats = tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in label_files)
-    key = (int(num_classes), int(ignore_label), stats)
+    stats = ((f, os.stat(f)) for f in label_files)
+    key = (int(num_classes), int(ignore_label), tuple((f, st.st_size, st.st_mtime_ns) for f, st in stats))
     if key in _PRESENCE_CACHE:
         _PRESENCE_CACHE.move_to_end(key)
         return _PRESENCE_CACHE[key]
@@ -239,7 +239,10 @@ class _WeakShotLoader:
         return dicts
 
     def _add_label_tags(self, dicts):
-        presence = label_presence([d["sem_seg_file_name"] for d in dicts], self.num_classes, self.ignore_label)
+        try:
+            presence = label_presence([d["sem_seg_file_name"] for d in dicts], self.num_classes, self.ignore_label)
+        except ValueError as e:
+            raise ValueError(f"dataset '{self.name}': {e}") from e
         novel = np.asarray(self.novel_ids, dtype=np.int64)
         present = presence[:, novel]  # (N, n)
         ids = np.broadcast_to(novel, present.shape)[present]  # row-major: image by image, ascending
