@@ -139,10 +139,18 @@ def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank
     from detectron2.utils import comm
 
     comm.synchronize()
-    try:
-        main_func(*args)
-    finally:
-        dist.destroy_process_group()
+    main_func(*args)
+    comm.synchronize()
+    dist.destroy_process_group()
+    # gloo in torch 2.x sometimes aborts (SIGABRT, "terminate called without an active exception") while
+    # its threads are torn down at interpreter exit; after a clean finish, flush and leave immediately.
+    import os
+    import sys
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None, args=(), timeout=timedelta(minutes=30), use_cpu=None):
