@@ -66,7 +66,7 @@ _CLASS_TABLE = [
     ("cross", "plus sign", "grid lines"),
     ("hexagon", "hexagon", "zigzag stripes"),
     ("crescent", "crescent", "radial spokes"),
-    ("arrow", "arrow", "smooth two-colour ramp"),
+    ("arrow", "arrow", "rows of dashes"),
 ]
 SYNTHETIC_CLASSES = [c[0] for c in _CLASS_TABLE]
 SYNTHETIC_STUFF_IDS = [i for i, c in enumerate(_CLASS_TABLE) if c[1] == "region"]
@@ -149,11 +149,18 @@ def _smooth_noise(rng, shape, cells):
     return np.clip(out, 0.0, 1.0)
 
 
-def _pick_colors(rng, n, jitter, allowed=None):
-    """``n`` distinct palette colours (from ``allowed`` indices when given), each jittered per channel."""
+_PALETTE_DIST = np.sqrt(((_PALETTE[:, None] - _PALETTE[None]) ** 2).sum(-1))
+_MIN_PAIR_DIST = 100.0  # the two colours of a texture always contrast
+
+
+def _pick_colors(rng, jitter, allowed=None):
+    """Two contrasting palette colours (from ``allowed`` indices when given), each jittered per channel."""
     pool = np.arange(len(_PALETTE)) if allowed is None else np.asarray(allowed)
-    idx = rng.choice(pool, size=n, replace=False)
-    cols = _PALETTE[idx] + rng.uniform(-jitter, jitter, size=(n, 3)).astype(np.float32)
+    first = rng.choice(pool)
+    partners = pool[_PALETTE_DIST[first, pool] >= _MIN_PAIR_DIST]
+    second = rng.choice(partners) if len(partners) else pool[np.argmax(_PALETTE_DIST[first, pool])]
+    idx = np.array([first, second])
+    cols = _PALETTE[idx] + rng.uniform(-jitter, jitter, size=(2, 3)).astype(np.float32)
     return idx, np.clip(cols, 0, 255)
 
 
@@ -264,16 +271,18 @@ def _object_texture(shape, rng, u, v, radius):
     if shape == "cross":  # grid lines
         p = rng.uniform(4, 7)
         return ((np.mod(u + ph, p) < 1.5) | (np.mod(v + ph, p) < 1.5)).astype(np.float32)
-    if shape == "hexagon":  # zigzag stripes
+    if shape == "hexagon":  # zigzag stripes (peak-to-peak amplitude about one period)
         p = rng.uniform(5, 8)
-        zig = np.abs(np.mod(v, p) - p / 2)
+        zig = 2 * np.abs(np.mod(v, p) - p / 2)
         return (np.mod(u + ph + zig, p) < p / 2).astype(np.float32)
     if shape == "crescent":  # radial spokes about 5 px wide at the rim
         n = max(6, int(round(2 * np.pi * radius / rng.uniform(8, 12))))
         phi = np.arctan2(v, u) + ph
         return (np.mod(np.floor(phi * n / (2 * np.pi)), 2)).astype(np.float32)
-    if shape == "arrow":  # smooth ramp along the arrow
-        return np.clip((u / max(radius, 1.0) + 1) / 2, 0, 1).astype(np.float32)
+    if shape == "arrow":  # rows of dashes, alternate rows shifted by half a dash
+        p = rng.uniform(5, 7)
+        row = np.floor((v + ph) / 4.0)
+        return ((np.mod(v + ph, 4.0) < 2.0) & (np.mod(u + ph + row * p, 2 * p) < p)).astype(np.float32)
     raise KeyError(shape)
 
 
@@ -314,7 +323,7 @@ def _render(rng, classes, p):
     used = []
     for k, cls in enumerate(stuff):
         m = region == k
-        idx, (c1, c2) = _pick_colors(rng, 2, jitter)
+        idx, (c1, c2) = _pick_colors(rng, jitter)
         used.extend(idx.tolist())
         t, shade = _stuff_texture(SYNTHETIC_CLASSES[cls], rng, yy, xx)
         t = t[..., None]
@@ -330,7 +339,7 @@ def _render(rng, classes, p):
         u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
         v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
         m = _shape_mask(shape, u / (radius * aspect), v * aspect / radius)
-        _, (c1, c2) = _pick_colors(rng, 2, jitter, free)
+        _, (c1, c2) = _pick_colors(rng, jitter, free)
         t = _object_texture(shape, rng, u, v, radius)[..., None]
         shade = 1.0 + rng.uniform(-0.1, 0.1) * (u / radius)  # mild directional lighting
         img[m] = (shade[..., None] * ((1 - t) * c1 + t * c2))[m]
