@@ -6,8 +6,6 @@
     python train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
     python train_net.py --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
 """
-import logging
-
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -17,7 +15,6 @@ from detectron2.utils.logger import setup_logger
 import simformer  # noqa: F401  (applies d2compat, fills registries)
 from simformer import add_simformer_config
 from simformer.engine import Trainer, write_overlays
-from simformer.evaluation import format_metrics_table
 from simformer.utils.d2compat import launch
 
 
@@ -32,17 +29,6 @@ def setup(args):
     return cfg
 
 
-def report(cfg, results):
-    """Print the metrics table of every evaluated dataset and write prediction overlays."""
-    if not comm.is_main_process() or not results:
-        return
-    logger = logging.getLogger("simformer")
-    per_dataset = results if all(isinstance(v, dict) and "sem_seg" in v for v in results.values()) else {cfg.DATASETS.TEST[0]: results}
-    for name, res in per_dataset.items():
-        if "sem_seg" in res:
-            logger.info(f"Results on {name}:\n" + format_metrics_table(res["sem_seg"]))
-
-
 def main(args):
     cfg = setup(args)
     if args.eval_only:
@@ -53,8 +39,7 @@ def main(args):
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
         results = trainer.train()
-        model = trainer.model
-    report(cfg, results)
+        model = getattr(trainer.model, "module", trainer.model)  # unwrap DistributedDataParallel
     if cfg.TEST.NUM_VIS_OVERLAYS > 0 and comm.is_main_process():
         for name in cfg.DATASETS.TEST:
             write_overlays(cfg, model, name, cfg.TEST.NUM_VIS_OVERLAYS)
