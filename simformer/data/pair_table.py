@@ -409,7 +409,7 @@ def build_presence_matrix(label_files, num_classes, ignore_label=255, workers=0)
     return np.stack(rows) if rows else np.zeros((0, num_classes), dtype=bool)
 
 
-def _fingerprint(label_files, num_classes, ignore_label, novel_ids, caps, seed):
+def _fingerprint(label_files, num_classes, ignore_label, novel_ids, caps, seed, extra=None):
     entries = []
     for path in sorted(label_files):
         try:
@@ -425,14 +425,20 @@ def _fingerprint(label_files, num_classes, ignore_label, novel_ids, caps, seed):
         "caps": [int(c) for c in caps],
         "seed": int(seed),
         "version": _CODE_VERSION,
+        "extra": extra,
     }
     return hashlib.sha1(json.dumps(payload).encode()).hexdigest()
 
 
 def load_or_build_pair_table(
-    dataset_dicts, num_classes, novel_ids, cache_dir, caps=DEFAULT_CAPS, seed=0, ignore_label=255, workers=0
+    dataset_dicts, num_classes, novel_ids, cache_dir, caps=DEFAULT_CAPS, seed=0, ignore_label=255, workers=0,
+    presence_fn=None, fingerprint_extra=None,
 ):
     """The :class:`PairTable` of ``dataset_dicts`` (indexed like it), cached in ``cache_dir``.
+
+    Class presence is read from the label PNGs, or, on a cache miss, taken from ``presence_fn()`` ((I, K)
+    bool, e.g. base labels plus image tags for real weak-shot data); whatever it depends on beyond the
+    label files goes into ``fingerprint_extra`` (JSON-serialisable).
 
     The cache file ``pair_table_<fingerprint>.npz`` is keyed by a sha1 over the sorted label paths with
     their sizes and mtimes, the novel ids, caps, seed and the code version, so a changed dataset or split
@@ -443,7 +449,7 @@ def load_or_build_pair_table(
         label_files = [str(d["sem_seg_file_name"]) for d in dataset_dicts]
     except KeyError as e:
         raise KeyError("load_or_build_pair_table: every dataset dict needs 'sem_seg_file_name'") from e
-    key = _fingerprint(label_files, num_classes, ignore_label, novel_ids, caps, seed)
+    key = _fingerprint(label_files, num_classes, ignore_label, novel_ids, caps, seed, fingerprint_extra)
     path = os.path.join(cache_dir, f"pair_table_{key}.npz")
     if os.path.isfile(path):
         start = time.perf_counter()
@@ -463,7 +469,10 @@ def load_or_build_pair_table(
             return table
 
     start = time.perf_counter()
-    presence = build_presence_matrix(label_files, num_classes, ignore_label=ignore_label, workers=workers)
+    if presence_fn is not None:
+        presence = presence_fn()
+    else:
+        presence = build_presence_matrix(label_files, num_classes, ignore_label=ignore_label, workers=workers)
     scanned = time.perf_counter()
     table = PairTable.build(presence, novel_ids, caps=caps, seed=seed)
     logger.info(

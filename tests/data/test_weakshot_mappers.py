@@ -287,7 +287,7 @@ def test_pair_cache_dir(pair_data, names, tmp_path):
     _pair_mapper(pair_data, names)
     assert any(f.startswith("pair_table_") for f in os.listdir(pair_data / "labels" / "pair_cache"))
     _pair_mapper(pair_data, names, "real", pair_cache_dir=str(tmp_path / "elsewhere"))
-    assert any(f.startswith("pair_table_tagged_") for f in os.listdir(tmp_path / "elsewhere"))
+    assert any(f.startswith("pair_table_") for f in os.listdir(tmp_path / "elsewhere"))
 
 
 def test_bad_pair_type(pair_data, names):

@@ -1,18 +1,13 @@
 """Pair mapper for cross-image training (spec §1.3): every sample comes with a partner image."""
-import hashlib
-import json
 import logging
 import os
-import tempfile
-import time
-import zipfile
 
 import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import DatasetCatalog, DatasetFromList
 
-from ..pair_table import DEFAULT_CAPS, PairTable, build_presence_matrix, load_or_build_pair_table, parse_pair_type
+from ..pair_table import DEFAULT_CAPS, build_presence_matrix, load_or_build_pair_table, parse_pair_type
 from .build import MAPPER_REGISTRY
 from .weakshot_mapper import WeakShotDatasetMapper
 
@@ -21,7 +16,6 @@ __all__ = ["PairDatasetMapper", "build_pair_table", "default_pair_cache_dir", "c
 logger = logging.getLogger(__name__)
 
 # Part of the fingerprint of tag-based (real weak-shot) tables: bump when their definition changes.
-_TAGGED_TABLE_VERSION = 1
 
 
 def check_pair_type(pair_type):
@@ -59,50 +53,6 @@ def _tagged_presence(dataset_dicts, num_classes, novel_ids, ignore_label):
     return presence
 
 
-def _load_or_build_tagged_table(dataset_dicts, num_classes, novel_ids, cache_dir, caps, seed, ignore_label):
-    """Like :func:`~simformer.data.pair_table.load_or_build_pair_table` (which reads novel classes from
-    the label PNGs) for real weak-shot data: novel presence from ``novel_tags``, cached in ``cache_dir``
-    under a fingerprint of the label files (path, size, mtime), the tags, novel ids, caps and seed."""
-    entries = []
-    for d in dataset_dicts:
-        st = os.stat(d["sem_seg_file_name"])
-        entries.append([d["sem_seg_file_name"], st.st_size, st.st_mtime_ns, sorted(int(c) for c in d["novel_tags"])])
-    payload = {
-        "entries": entries,
-        "num_classes": int(num_classes),
-        "ignore_label": int(ignore_label),
-        "novel_ids": sorted(int(c) for c in novel_ids),
-        "caps": [int(c) for c in caps],
-        "seed": int(seed),
-        "version": _TAGGED_TABLE_VERSION,
-    }
-    path = os.path.join(cache_dir, f"pair_table_tagged_{hashlib.sha1(json.dumps(payload).encode()).hexdigest()}.npz")
-    if os.path.isfile(path):
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                table = PairTable.from_state_dict({name: data[name] for name in data.files})
-        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            logger.warning(f"pair table cache {path} is unreadable ({e}); rebuilding it")
-        else:
-            logger.info(f"Loaded pair table of {table.num_images} images from {path}")
-            return table
-    start = time.perf_counter()
-    presence = _tagged_presence(dataset_dicts, num_classes, novel_ids, ignore_label)
-    table = PairTable.build(presence, novel_ids, caps=caps, seed=seed)
-    logger.info(f"Built pair table of {table.num_images} images (base labels + tags) in {time.perf_counter() - start:.1f} s; caching it at {path}")
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".pair_table_tagged_", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **table.state_dict())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return table
-
-
 def build_pair_table(dataset_dicts, num_classes, novel_class_ids, weakshot_type, cache_dir, ignore_label=255, caps=DEFAULT_CAPS, seed=0):
     """The partner table of ``dataset_dicts`` (indexed like it), built once and cached in ``cache_dir``.
 
@@ -112,7 +62,12 @@ def build_pair_table(dataset_dicts, num_classes, novel_class_ids, weakshot_type,
     if weakshot_type == "simulated":
         return load_or_build_pair_table(dataset_dicts, num_classes, novel_class_ids, cache_dir, caps=caps, seed=seed, ignore_label=ignore_label)
     if weakshot_type == "real":
-        return _load_or_build_tagged_table(dataset_dicts, num_classes, novel_class_ids, cache_dir, caps, seed, ignore_label)
+        tags = [sorted(int(c) for c in d["novel_tags"]) for d in dataset_dicts]
+        return load_or_build_pair_table(
+            dataset_dicts, num_classes, novel_class_ids, cache_dir, caps=caps, seed=seed, ignore_label=ignore_label,
+            presence_fn=lambda: _tagged_presence(dataset_dicts, num_classes, novel_class_ids, ignore_label),
+            fingerprint_extra={"novel_tags": tags},
+        )
     raise ValueError(f"build_pair_table: weakshot_type must be 'simulated' or 'real', got {weakshot_type!r}")
 
 
