@@ -11,6 +11,7 @@ d2compat.apply()
 from . import data, modeling  # noqa: E402  (registration side effects)
 from .config import add_simformer_config  # noqa: E402
 from .model import MaskFormer  # noqa: E402
+from .simformer_model import SimFormer  # noqa: E402
 
-__all__ = ["add_simformer_config", "MaskFormer", "data", "modeling"]
+__all__ = ["add_simformer_config", "MaskFormer", "SimFormer", "data", "modeling"]
 __version__ = "0.1.0"

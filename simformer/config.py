@@ -28,7 +28,8 @@ def add_simformer_config(cfg):
     cfg.INPUT.WEAKSHOT = CN()
     # Where image-level novel labels come from: "image" = the dataset dict's "novel_tags" (whole image,
     # true to the weak-shot setting); "crop" = novel ids still present after augmentation (the official
-    # code's behaviour; needs full labels, i.e. simulated weak-shot data).
+    # code's behaviour; needs full labels, i.e. simulated weak-shot data); "none" = no novel targets
+    # (base-only training, novel pixels ignored).
     cfg.INPUT.WEAKSHOT.IMAGE_LEVEL_LABELS = "image"
     # Novel classes are ordinary mask targets (retraining on pseudo-labels) instead of image-level targets.
     cfg.INPUT.WEAKSHOT.NOVEL_HAS_MASK = False
@@ -82,6 +83,47 @@ def add_simformer_config(cfg):
     # Pad the batch to a multiple of this (backbone stride); the mapper may pad further.
     cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY = 32
 
+    # Matching cost of a target without a mask (weak-shot novel class): -p(class) only (spec §3, NoMaskCls).
+    cfg.MODEL.MASK_FORMER.COST_CLASS_NO_MASK = 1.0
+
+    # ---------------------------------------------------------------- SimFormer (spec §3-§5)
+    # Read by the "SimFormer" meta-architecture and its criterion (simformer/modeling/simformer_criterion.py).
+    cfg.MODEL.SIMFORMER = CN()
+    # Complementary loss weight (LOSS.CompSupNovel): union of the matched novel masks vs. the not-base,
+    # not-padding region; 0.15 COCO, 0.2 ADE, 0 = off (retraining).
+    cfg.MODEL.SIMFORMER.COMP_LOSS_WEIGHT = 0.0
+    # Fixed "ignore proposal" logit (LOSS.IgnoreInit = logit(0.05)) that floors the novel union; <= -50 disables.
+    cfg.MODEL.SIMFORMER.IGNORE_PROPOSAL_LOGIT = -2.9444
+    # Pixel-pixel similarity transfer (CROSS_IMG_SIM.*); needs the pair mapper (INPUT.DATASET_MAPPER_NAME
+    # "PairDatasetMapper"), whose SOLVER.IMS_PER_BATCH counts pairs.
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM = CN()
+    # Weight of SimNet's base pixel-pair loss (loss_cro_sim); 0 = no SimNet and no pair losses.
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS = 0.0
+    # Weight of the SimNet -> novel semantic mask distillation (loss_cro_dit).
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_LOSS = 0.0
+    # Distillation function: "ce" (soft BCE, clamped), "cce" (confidence-thresholded), "b<theta>" (linear).
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_FUNC = "ce"
+    # Student semantic map: "NovelScore", "FullScore", "FullLogit" or "FullLogitC" (spec §4.6).
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_TO = "NovelScore"
+    # Student pixel pairs: "cross" (pixels of the two images, as in the paper) or "same" (the released
+    # code's same-image pairs scored against cross-image teacher targets).
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.STUDENT_PAIRS = "cross"
+    # Sampled points per image for the base loss and for the distillation.
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_POINT_NUM = 100
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.NOVEL_POINT_NUM = 100
+    # Fraction of base points drawn from the (common-class) positive region; the rest are negatives.
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.POSITIVE_FRACTION = 0.8
+    # Stop gradients from SimNet's base loss / teacher into the pixel features.
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_DETACH = True
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.TEACH_DETACH = True
+    # SimNet: residual blocks, hidden width, BatchNorm.
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.LAYER_NUM = 3
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.HIDDEN_DIM = 256
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BN = True
+    # Running positive/negative balance of the base pair loss: window (iterations) and count stride.
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BALANCE_WINDOW = 25
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BALANCE_STRIDE = 5
+
     # ---------------------------------------------------------------- pixel decoder / heads
     # Pixel decoder, by name in PIXEL_DECODER_REGISTRY ("BasePixelDecoder": FPN;
     # "TransformerEncoderPixelDecoder": FPN whose coarsest level goes through a transformer encoder).
@@ -96,3 +138,6 @@ def add_simformer_config(cfg):
     # ---------------------------------------------------------------- evaluation
     # Print and log this many predictions as colour overlays after evaluation (0 = none).
     cfg.TEST.NUM_VIS_OVERLAYS = 0
+    # With --eval-only on a weak-shot training split: write pseudo-labels (spec §5.4) into this folder
+    # instead of evaluating ("" = evaluate as usual). Retraining reads them via INPUT.WEAKSHOT.PSEUDO_LABEL_DIR.
+    cfg.TEST.PSEUDO_LABEL_DIR = ""

@@ -42,7 +42,7 @@ class MaskFormer(nn.Module):
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
         mf = cfg.MODEL.MASK_FORMER
-        matcher = HungarianMatcher(cost_class=mf.COST_CLASS, cost_focal=mf.COST_FOCAL, cost_dice=mf.COST_DICE)
+        matcher = HungarianMatcher(cost_class=mf.COST_CLASS, cost_focal=mf.COST_FOCAL, cost_dice=mf.COST_DICE, cost_class_no_mask=mf.COST_CLASS_NO_MASK)
         weight_dict = {"loss_ce": mf.CLASS_WEIGHT, "loss_focal": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
         if mf.DEEP_SUPERVISION:
             weight_dict.update({f"{k}_{i}": v for i in range(mf.DEC_LAYERS - 1) for k, v in list(weight_dict.items())})

@@ -9,6 +9,7 @@ from detectron2.evaluation import DatasetEvaluators
 from ..data.dataset_mappers import build_mapper
 from ..data.dataset_mappers.sem_seg_mapper import SemSegTestMapper
 from ..evaluation import SemSegEvaluator
+from ..evaluation.pseudo_labels import PseudoLabelWriter
 from .optimizer import build_optimizer, build_poly_lr_scheduler
 
 __all__ = ["Trainer"]
@@ -27,6 +28,8 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if cfg.TEST.PSEUDO_LABEL_DIR:
+            return PseudoLabelWriter(dataset_name, cfg.TEST.PSEUDO_LABEL_DIR, distributed=True)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
 

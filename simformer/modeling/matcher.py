@@ -1,8 +1,12 @@
 """Hungarian matching of queries to targets, with targets that may lack a mask (weak-shot novel classes).
 
 Cost of query q for target t (all computed at the mask-logit resolution H' x W'):
-    C[q, t] = cost_class * (-p_q(c_t)) + has_mask_t * (cost_focal * focal(m_q, M_t) + cost_dice * dice(m_q, M_t))
-A target without a mask is matched by its class score alone. The assignment is solved with scipy; the
+    has-mask target:  C[q, t] = cost_class * (-p_q(c_t)) + cost_focal * focal(m_q, M_t) + cost_dice * dice(m_q, M_t)
+    no-mask target:   C[q, t] = cost_class_no_mask * (-p_q(c_t))
+A target without a mask (``has_mask=False``: a weak-shot novel class) is matched by its class score alone,
+so its mask is whatever the class-agnostic query-pixel similarity learned on base classes gives (SimFormer's
+proposal-pixel similarity transfer). The flag, not an emptiness test, decides, and targets may come in any
+order. The assignment is solved with scipy; the
 returned target indices index the caller's target list directly (no ordering assumption).
 """
 from typing import Dict, List, Tuple
@@ -19,11 +23,12 @@ __all__ = ["HungarianMatcher"]
 
 
 class HungarianMatcher(nn.Module):
-    def __init__(self, cost_class: float = 1.0, cost_focal: float = 20.0, cost_dice: float = 1.0):
+    def __init__(self, cost_class: float = 1.0, cost_focal: float = 20.0, cost_dice: float = 1.0, cost_class_no_mask: float = None):
         super().__init__()
         if cost_class == 0 and cost_focal == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: all costs are 0")
         self.cost_class = cost_class
+        self.cost_class_no_mask = cost_class if cost_class_no_mask is None else cost_class_no_mask
         self.cost_focal = cost_focal
         self.cost_dice = cost_dice
 
@@ -36,10 +41,11 @@ class HungarianMatcher(nn.Module):
             for b, tgt in enumerate(targets):
                 labels = tgt["labels"]
                 prob = pred_logits[b].float().softmax(-1)  # (Q, K+1)
-                cost = -self.cost_class * prob[:, labels]  # (Q, T)
                 has_mask = tgt.get("has_mask")
                 if has_mask is None:
                     has_mask = torch.ones_like(labels, dtype=torch.bool)
+                class_weight = torch.where(has_mask, self.cost_class, self.cost_class_no_mask).to(prob.dtype)
+                cost = -class_weight * prob[:, labels]  # (Q, T)
                 if bool(has_mask.any()) and (self.cost_focal or self.cost_dice):
                     out_mask = pred_masks[b].float().flatten(1)  # (Q, h*w)
                     tgt_mask = tgt["masks"][has_mask].to(out_mask.dtype)

@@ -41,7 +41,7 @@ def label_map_to_targets(sem_seg: torch.Tensor, ignore_label: int):
 @MAPPER_REGISTRY.register()
 class SemSegDatasetMapper:
     """dataset dict (file_name, sem_seg_file_name) -> dict(image (3, H, W) uint8, sem_seg (H, W) int64,
-    instances(gt_classes, gt_masks (T, H, W) bool)), augmented by resize-shortest-edge, random crop with
+    pad_mask (H, W) bool (True on padding), instances(gt_classes, gt_masks (T, H, W) bool)), augmented by resize-shortest-edge, random crop with
     category-area constraint, SSD colour jitter and horizontal flip; padded to ``size_divisibility`` with
     128 (image) / ignore (label)."""
 
@@ -105,13 +105,16 @@ class SemSegDatasetMapper:
             image, label = self.augment(image, label)
         image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
         sem_seg = torch.from_numpy(label.astype(np.int64))
+        pad_mask = torch.zeros(sem_seg.shape, dtype=torch.bool)
         if self.size_divisibility > 0:
             h, w = sem_seg.shape
             pad = (0, max(self.size_divisibility - w, 0), 0, max(self.size_divisibility - h, 0))
             image = F.pad(image, pad, value=128).contiguous()
             sem_seg = F.pad(sem_seg, pad, value=self.ignore_label).contiguous()
+            pad_mask = F.pad(pad_mask, pad, value=True).contiguous()
         dataset_dict["image"] = image
         dataset_dict["sem_seg"] = sem_seg
+        dataset_dict["pad_mask"] = pad_mask
         classes, masks = label_map_to_targets(sem_seg, self.ignore_label)
         instances = Instances(tuple(sem_seg.shape))
         instances.gt_classes = classes

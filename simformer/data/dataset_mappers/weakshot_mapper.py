@@ -16,7 +16,7 @@ __all__ = ["WeakShotDatasetMapper", "IMAGE_LEVEL_LABELS"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_LEVEL_LABELS = ("image", "crop")
+IMAGE_LEVEL_LABELS = ("image", "crop", "none")
 
 
 @MAPPER_REGISTRY.register()
@@ -36,7 +36,8 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
 
     Image-level novel labels: ``"image"`` = the dict's ``novel_tags`` (the whole image, true to the
     setting); ``"crop"`` = the novel ids still in the augmented label map (the official behaviour; needs
-    full labels, so simulated data only). With ``pseudo_label_dir`` the label map is read from
+    full labels, so simulated data only); ``"none"`` = no novel targets at all (base-only training: novel
+    classes unseen, their pixels ignored). With ``pseudo_label_dir`` the label map is read from
     ``<pseudo_label_dir>/<basename of sem_seg_file_name>``; a missing file is an error.
     """
 
@@ -141,6 +142,8 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
         """Novel ids of the image-level targets, ascending (int64)."""
         if self.image_level_labels == "crop":
             return crop_classes[self._is_novel[crop_classes]]
+        if self.image_level_labels == "none":
+            return crop_classes.new_zeros(0)
         if "novel_tags" not in dataset_dict:
             raise KeyError(
                 f"{dataset_dict['file_name']}: dataset dict has no 'novel_tags' (needed with INPUT.WEAKSHOT.IMAGE_LEVEL_LABELS="
