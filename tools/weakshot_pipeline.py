@@ -24,6 +24,7 @@ def main(argv=None):
     parser.add_argument("--retrain-config", default="", help="retraining config (default: retraining.yaml next to the stage-1 config)")
     parser.add_argument("--output-dir", required=True, help="run folder holding every stage's output")
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per stage (GPUs, or CPU processes with MODEL.DEVICE cpu)")
+    parser.add_argument("--train-script", default="", help="script with train_net.py's flags that registers your own datasets first (default: train_net.py)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every stage")
     args = parser.parse_args(argv)
     retrain = args.retrain_config or os.path.join(os.path.dirname(args.stage1_config), "retraining.yaml")
@@ -32,7 +33,7 @@ def main(argv=None):
             parser.error(f"config file {path!r} does not exist")
     if len(args.opts) % 2:
         parser.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
-    run_pipeline(args.stage1_config, retrain, args.output_dir, num_gpus=args.num_gpus, opts=args.opts)
+    run_pipeline(args.stage1_config, retrain, args.output_dir, num_gpus=args.num_gpus, opts=args.opts, train_script=args.train_script or None)
 
 
 if __name__ == "__main__":

@@ -67,9 +67,10 @@ def _run(cmd, log):
     return time.perf_counter() - start
 
 
-def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus: int = 1, opts=(), python=sys.executable, log=print):
+def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus: int = 1, opts=(), train_script=None, python=sys.executable, log=print):
     """Run (or finish) the pipeline; returns the summary rows. ``opts`` are KEY VALUE overrides applied to
-    every stage (e.g. ``SOLVER.MAX_ITER 100``)."""
+    every stage (e.g. ``SOLVER.MAX_ITER 100``). ``train_script``: a script with train_net.py's command line
+    (default: train_net.py), e.g. one that registers the user's own weak-shot dataset first."""
     run_dir = os.path.abspath(run_dir)
     os.makedirs(run_dir, exist_ok=True)
     opts = list(opts)
@@ -82,7 +83,7 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
     train_name, test_name = cfg1.DATASETS.TRAIN[0], cfg1.DATASETS.TEST[0]
     if tuple(cfg2.DATASETS.TRAIN) != (train_name,):
         raise ValueError(f"{retrain_config}: retrains on {tuple(cfg2.DATASETS.TRAIN)} but stage 1 trained on {train_name!r}")
-    base = [python, os.path.join(REPO, "train_net.py"), "--num-gpus", str(num_gpus)]
+    base = [python, train_script or os.path.join(REPO, "train_net.py"), "--num-gpus", str(num_gpus)]
     dirs = {k: os.path.join(run_dir, k) for k in ("stage1", "pseudo_labels", "retrain")}
     rows, t0 = [], time.perf_counter()
 

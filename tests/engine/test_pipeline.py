@@ -1,0 +1,91 @@
+"""The weak-shot pipeline command end to end on a tiny dataset: stage 1 (seg_crosim) -> pseudo-labels ->
+retraining, a few iterations each; re-running it skips every finished stage."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from tests.data.test_weakshot_training import CLASSES, NOVEL, _write_dataset
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO, "configs", "synthetic", "simformer")
+
+LAUNCHER = """
+import sys
+sys.path.insert(0, {repo!r})
+import simformer
+from simformer.data.datasets.weakshot import register_simulated_weakshot
+for split in ("train", "val"):
+    register_simulated_weakshot("pipe_" + split, {root!r} + "/images", {root!r} + "/full", {classes!r}, {novel!r})
+import train_net
+if __name__ == "__main__":
+    train_net.run()
+"""
+
+TINY = [
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
+    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
+    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+    "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_POINT_NUM", "10",
+    "MODEL.SIMFORMER.CROSS_IMG_SIM.NOVEL_POINT_NUM", "10",
+    "MODEL.SIMFORMER.CROSS_IMG_SIM.HIDDEN_DIM", "16",
+    "DATASETS.TRAIN", "('pipe_train',)",
+    "DATASETS.TEST", "('pipe_val',)",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)",
+    "INPUT.MIN_SIZE_TEST", "64",
+    "INPUT.CROP.SIZE", "(48, 48)",
+    "INPUT.SIZE_DIVISIBILITY", "64",
+    "SOLVER.IMS_PER_BATCH", "2",
+    "SOLVER.MAX_ITER", "3",
+    "DATALOADER.NUM_WORKERS", "0",
+    "TEST.NUM_VIS_OVERLAYS", "0",
+]  # fmt: skip
+
+
+def test_pipeline_runs_every_stage_then_skips_them(tmp_path):
+    root = str(tmp_path / "data")
+    _write_dataset(root, n=4)
+    launcher = str(tmp_path / "launch.py")
+    with open(launcher, "w") as f:
+        f.write(LAUNCHER.format(repo=REPO, root=root, classes=CLASSES, novel=NOVEL))
+    run_dir = str(tmp_path / "run")
+    cmd = [
+        sys.executable, os.path.join(REPO, "tools", "weakshot_pipeline.py"),
+        "--stage1-config", os.path.join(CONFIG_DIR, "seg_crosim.yaml"),
+        "--output-dir", run_dir, "--train-script", launcher,
+        *TINY, "INPUT.WEAKSHOT.PAIR_CACHE_DIR", str(tmp_path / "pairs"),
+    ]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+
+    for stage in ("stage1", "retrain"):
+        assert os.path.isfile(os.path.join(run_dir, stage, "model_final.pth"))
+        assert os.path.isfile(os.path.join(run_dir, stage, "inference", "pipe_val", "sem_seg_evaluation.pth"))
+    # one pseudo-label per training image: base pixels from the labels, novel pixels only of the image's tags
+    pseudo_dir = os.path.join(run_dir, "pseudo_labels")
+    for name in sorted(os.listdir(os.path.join(root, "full"))):
+        full = np.asarray(Image.open(os.path.join(root, "full", name)))
+        pseudo = np.asarray(Image.open(os.path.join(pseudo_dir, name)))
+        base = np.isin(full, [0, 1, 4])
+        assert np.array_equal(pseudo[base], full[base])
+        novel_in_image = set(np.unique(full[np.isin(full, [2, 3])]).tolist())
+        assert set(np.unique(pseudo[~base]).tolist()) <= novel_in_image | {255}
+    summary = json.load(open(os.path.join(pseudo_dir, "pseudo_labels.json")))
+    assert summary["num_images"] == 4
+    rows = json.load(open(os.path.join(run_dir, "summary.json")))
+    assert [r["stage"].split(":")[0].split(" (")[0] for r in rows] == ["stage 1", "pseudo-labels", "retraining"]
+    assert all("mIoU_novel" in r["metrics"] for r in rows)
+    table = open(os.path.join(run_dir, "summary.md")).read()
+    assert "| stage 1: seg_crosim |" in table and "| retraining: retraining |" in table
+
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count(" exists: ") == 3 and "$ " not in second.stdout  # no stage re-run
