@@ -76,8 +76,8 @@ class PseudoLabelWriter(DatasetEvaluator):
         self._class_names = list(meta.stuff_classes)
         self._num_classes = len(self._class_names)
         self._ignore = int(meta.get("ignore_label", 255))
-        if self._ignore <= 255 < 0 or self._num_classes > 255:
-            raise ValueError("PseudoLabelWriter writes uint8 PNGs: needs at most 255 classes")
+        if self._num_classes > 255 or not 0 <= self._ignore <= 255:
+            raise ValueError(f"PseudoLabelWriter writes uint8 PNGs: needs at most 255 classes and an ignore value in [0, 255] ({dataset_name!r})")
         self._base = [int(c) for c in meta.base_class_ids]
         self._novel = [int(c) for c in meta.novel_class_ids]
         self._is_base = np.zeros(max(self._num_classes, self._ignore) + 1, dtype=bool)
