@@ -29,6 +29,9 @@ setup(
     entry_points={
         "console_scripts": [
             "simformer-train=simformer.tools.train:main",
+            "simformer-predict=simformer.tools.predict:main",
+            "simformer-plot=simformer.tools.plot:main",
+            "simformer-convert-weights=simformer.tools.convert_weights:main",
         ],
     },
 )

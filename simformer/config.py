@@ -141,3 +141,49 @@ def add_simformer_config(cfg):
     # With --eval-only on a weak-shot training split: write pseudo-labels (spec §5.4) into this folder
     # instead of evaluating ("" = evaluate as usual). Retraining reads them via INPUT.WEAKSHOT.PSEUDO_LABEL_DIR.
     cfg.TEST.PSEUDO_LABEL_DIR = ""
+
+    # ---------------------------------------------------------------- reliability (simformer/engine/nonfinite.py)
+    # A step whose loss terms are not all finite is caught before its backward pass. False: save
+    # OUTPUT_DIR/model_before_nonfinite_iter<i>.pth (state before the step) and stop with a FloatingPointError
+    # naming the terms; True: skip the step with a warning and count it (metric nonfinite_skipped_steps).
+    cfg.SOLVER.SKIP_NONFINITE_STEPS = False
+
+    # ---------------------------------------------------------------- SSA classifier (ssa_adapter; /work/shared/specs/ssa.md)
+    # Read by "SSAClassifier" in CLASSIFIER_REGISTRY (MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME; simformer/modeling/classifiers/ssa.py).
+    cfg.MODEL.SSA = CN()
+    # Fixed scale of the cosine logits (|logit| <= TAU); official 15.
+    cfg.MODEL.SSA.TAU = 15.0
+    # Dropout2d on the features of the coarse-mask path only (mmseg heads 0.1; the per-pixel head has none).
+    cfg.MODEL.SSA.DROPOUT = 0.0
+    # Build the training-only GT-guided teacher; False = no teacher and no teacher / distillation losses
+    # (inference-only models: training checkpoints still load, their teacher weights are dropped).
+    cfg.MODEL.SSA.TEACHER = True
+    # Boundary band of the response distillation: odd neighbourhood size at feature resolution (a label change
+    # gives a band of BOUNDARY_WIDTH - 1 pixels), and a frame of BOUNDARY_BORDER pixels along the image border
+    # where no pixel is a boundary (official: 6; 0 = none).
+    cfg.MODEL.SSA.BOUNDARY_WIDTH = 3
+    cfg.MODEL.SSA.BOUNDARY_BORDER = 0
+    # Weight of the teacher distribution in the response-distillation target (the rest is the one-hot label).
+    cfg.MODEL.SSA.KD_SMOOTH = 0.5
+    # Loss weights (spec §4; 0 = term skipped): coarse-mask CE, dice of the SSA logits, teacher CE and dice,
+    # response- / semantic-relation- / spatial-domain distillation. The main CE is the head's LOSS_WEIGHT.
+    cfg.MODEL.SSA.COARSE_WEIGHT = 1.0
+    cfg.MODEL.SSA.DICE_WEIGHT = 1.0
+    cfg.MODEL.SSA.TEACHER_CE_WEIGHT = 1.0
+    cfg.MODEL.SSA.TEACHER_DICE_WEIGHT = 1.0
+    cfg.MODEL.SSA.RD_WEIGHT = 1.0
+    cfg.MODEL.SSA.SD_WEIGHT = 10.0
+    cfg.MODEL.SSA.PD_WEIGHT = 0.4
+
+    # ---------------------------------------------------------------- masked-attention query decoder
+    # Read by MaskedAttentionTransformerDecoder (simformer/modeling/transformer_decoder/masked_attention.py),
+    # selected with MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME "MaskedAttentionTransformerDecoder"; it also
+    # uses the MASK_FORMER keys above (HIDDEN_DIM, NHEADS, DIM_FEEDFORWARD, DEC_LAYERS, PRE_NORM, ...).
+    cfg.MODEL.MASK_FORMER.MASKED_ATTN = CN()
+    # Pixel-decoder levels attended round-robin, coarsest first (FPN over res2..res5: strides 32, 16, 8).
+    cfg.MODEL.MASK_FORMER.MASKED_ATTN.NUM_FEATURE_LEVELS = 3
+    # A query attends to the pixels whose previous mask probability is above this (empty mask: everywhere).
+    cfg.MODEL.MASK_FORMER.MASKED_ATTN.MASK_THRESHOLD = 0.5
+    # DEC_LAYERS + 1 predictions (initial queries, every layer), DEC_LAYERS - 1 deep-supervision slots:
+    # True = supervise the initial prediction and leave out layer DEC_LAYERS - 1; False = the reverse.
+    cfg.MODEL.MASK_FORMER.MASKED_ATTN.SUPERVISE_INITIAL = True

@@ -19,7 +19,7 @@ from detectron2.evaluation.evaluator import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 
-from .confusion import confusion_matrix, segmentation_metrics, validate_groups  # noqa: E402
+from .confusion import boundary_counts, boundary_metrics, confusion_matrix, segmentation_metrics, validate_groups  # noqa: E402
 
 __all__ = ["SemSegEvaluator", "format_metrics_table"]
 
@@ -38,7 +38,8 @@ def _group_names(metrics: Mapping):
 
 
 def format_metrics_table(metrics: Mapping) -> str:
-    """One-row table of ``mIoU, fwIoU, mACC, pACC`` then ``mIoU_<g>, mACC_<g>`` per group and ``hIoU``.
+    """One-row table of ``mIoU, fwIoU, mACC, pACC`` then ``mIoU_<g>, mACC_<g>`` per group, ``hIoU``, and
+    ``bIoU`` (with ``bIoU_<g>``) when the boundary metric was computed.
 
     Args:
         metrics: the ``"sem_seg"`` dict of :meth:`SemSegEvaluator.evaluate` (or the whole result).
@@ -49,6 +50,8 @@ def format_metrics_table(metrics: Mapping) -> str:
         keys += [k for k in (f"mIoU_{g}", f"mACC_{g}") if k in metrics]
     if "hIoU" in metrics:
         keys.append("hIoU")
+    if "bIoU" in metrics:
+        keys += ["bIoU"] + [f"bIoU_{g}" for g in _group_names(metrics) if f"bIoU_{g}" in metrics]
     return tabulate([[metrics[k] for k in keys]], headers=keys, tablefmt="pipe", floatfmt=".2f", numalign="left")
 
 
@@ -72,6 +75,10 @@ class SemSegEvaluator(DatasetEvaluator):
     ignored pixels) over ``(input, output)`` pairs and reports detectron2's semantic segmentation
     metrics (mIoU, fwIoU, mACC, pACC, per-class IoU / ACC), plus ``mIoU_base``, ``mIoU_novel`` and
     their harmonic mean ``hIoU`` when the dataset metadata has ``base_class_ids`` / ``novel_class_ids``.
+
+    With ``boundary_tolerance=d`` it also reports boundary quality: ``bIoU`` (Boundary IoU at a d-pixel
+    tolerance, at the original image resolution; see :mod:`simformer.evaluation.confusion`), ``bIoU-<name>``
+    per class and ``bIoU_<g>`` per group, appended after the other keys.
     """
 
     def __init__(
@@ -82,6 +89,7 @@ class SemSegEvaluator(DatasetEvaluator):
         *,
         num_classes: Optional[int] = None,
         ignore_label: Optional[int] = None,
+        boundary_tolerance: Optional[int] = None,
     ):
         """
         Args:
@@ -92,6 +100,8 @@ class SemSegEvaluator(DatasetEvaluator):
             output_dir: where to save ``sem_seg_evaluation.pth`` and ``confusion_matrix.npy``.
             num_classes: K; defaults to ``len(stuff_classes)`` (must agree with it when both exist).
             ignore_label: overrides the metadata's ``ignore_label``.
+            boundary_tolerance: d >= 1 (pixels) to also compute Boundary IoU; None = off (the metric keys
+                are then exactly those of :func:`segmentation_metrics`).
         """
         self._logger = logging.getLogger(__name__)
         self._dataset_name = dataset_name
@@ -119,6 +129,9 @@ class SemSegEvaluator(DatasetEvaluator):
                 groups[group] = [int(i) for i in ids]
         validate_groups(groups, self._num_classes)
         self._groups = groups
+        if boundary_tolerance is not None and int(boundary_tolerance) < 1:
+            raise ValueError(f"boundary_tolerance must be a positive number of pixels or None, got {boundary_tolerance}")
+        self._boundary_tolerance = boundary_tolerance
         self.reset()
 
     @property
@@ -129,6 +142,7 @@ class SemSegEvaluator(DatasetEvaluator):
     def reset(self):
         k = self._num_classes
         self._conf = np.zeros((k + 1, k + 1), dtype=np.int64)
+        self._boundary = np.zeros((3, k), dtype=np.int64) if self._boundary_tolerance else None
 
     def process(self, inputs, outputs):
         """
@@ -147,8 +161,13 @@ class SemSegEvaluator(DatasetEvaluator):
                     f"for {file_name}"
                 )
             pred = scores.argmax(dim=0).cpu().numpy()
-            with PathManager.open(file_name, "rb") as f:
-                gt = np.asarray(Image.open(f), dtype=np.int64)
+            try:
+                with PathManager.open(file_name, "rb") as f:
+                    gt = np.asarray(Image.open(f), dtype=np.int64)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"ground-truth label file '{file_name}' does not exist") from None
+            except (OSError, SyntaxError, ValueError) as e:
+                raise OSError(f"ground-truth label file '{file_name}' cannot be decoded ({type(e).__name__}: {e}); expected a complete label PNG") from e
             if gt.ndim != 2:
                 raise ValueError(f"Ground truth {file_name} must be a single-channel label map, got shape {gt.shape}")
             if pred.shape != gt.shape:
@@ -156,7 +175,12 @@ class SemSegEvaluator(DatasetEvaluator):
                     f"Prediction size {pred.shape[0]}x{pred.shape[1]} (HxW) differs from the ground truth size "
                     f"{gt.shape[0]}x{gt.shape[1]} of {file_name}"
                 )
-            self._conf += confusion_matrix(pred, gt, self._num_classes, self._ignore_label)
+            try:
+                self._conf += confusion_matrix(pred, gt, self._num_classes, self._ignore_label)
+                if self._boundary is not None:
+                    self._boundary += boundary_counts(pred, gt, self._num_classes, self._ignore_label, self._boundary_tolerance)
+            except ValueError as e:
+                raise ValueError(f"{file_name}: {e}") from e
 
     def evaluate(self):
         """
@@ -166,14 +190,18 @@ class SemSegEvaluator(DatasetEvaluator):
         """
         if self._distributed:
             comm.synchronize()
-            conf_list = comm.all_gather(self._conf)
+            gathered = comm.all_gather((self._conf, self._boundary))
             if not comm.is_main_process():
                 return None
-            conf = np.sum(np.stack(conf_list), axis=0)
+            conf = np.sum(np.stack([c for c, _ in gathered]), axis=0)
+            boundary = np.sum(np.stack([b for _, b in gathered]), axis=0) if self._boundary is not None else None
         else:
             conf = self._conf.copy()
+            boundary = self._boundary.copy() if self._boundary is not None else None
 
         metrics = segmentation_metrics(conf, self._class_names, self._groups)
+        if boundary is not None:
+            metrics.update(boundary_metrics(boundary, self._class_names, self._groups))
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
             _atomic_save(os.path.join(self._output_dir, "sem_seg_evaluation.pth"), lambda f: torch.save(dict(metrics), f))
@@ -186,15 +214,20 @@ class SemSegEvaluator(DatasetEvaluator):
                 f"{k} {metrics[k]:.2f}" for k in ("mIoU", "mIoU_base", "mIoU_novel", "hIoU") if k in metrics
             )
             self._logger.info(summary)
+        if boundary is not None:
+            self._logger.info(f"Boundary IoU (tolerance {self._boundary_tolerance} px): {metrics['bIoU']:.2f}")
         return OrderedDict({"sem_seg": metrics})
 
     def _per_class_table(self, metrics) -> str:
-        """Per-class IoU / ACC table, with a ``group`` column when groups exist."""
+        """Per-class IoU / ACC (/ bIoU) table, with a ``group`` column when groups exist."""
         group_of = {c: g for g, ids in self._groups.items() for c in ids}
-        headers = ["id", "class", "IoU", "ACC"] + (["group"] if self._groups else [])
+        has_boundary = "bIoU" in metrics
+        headers = ["id", "class", "IoU", "ACC"] + (["bIoU"] if has_boundary else []) + (["group"] if self._groups else [])
         rows = []
         for i, name in enumerate(self._class_names):
             row = [i, name, metrics[f"IoU-{name}"], metrics[f"ACC-{name}"]]
+            if has_boundary:
+                row.append(metrics[f"bIoU-{name}"])
             if self._groups:
                 row.append(group_of.get(i, "-"))
             rows.append(row)

@@ -1,7 +1,8 @@
 """Per-pixel baseline head: the same pixel decoder, then a per-pixel classifier chosen by name, CE loss.
 
-Used with detectron2's ``SemanticSegmentor`` meta-architecture (the SSA comparison of a later issue
-replaces the classifier through CLASSIFIER_REGISTRY)."""
+Used with detectron2's ``SemanticSegmentor`` meta-architecture. ``MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME``
+picks the classifier: "LinearClassifier" (the baseline 1x1 conv) or "SSAClassifier" (SSA-Seg's adaptive
+classifier, which needs the ground truth in training for its teacher and distillation losses)."""
 from typing import Dict
 
 from detectron2.config import configurable
@@ -20,8 +21,11 @@ __all__ = ["PerPixelBaselineHead"]
 class PerPixelBaselineHead(nn.Module):
     """features -> logits (B, K, H/4, W/4) -> upsampled to the padded input size.
 
-    Training returns ``(None, {"loss_sem_seg": CE * loss_weight, **classifier losses})``; inference
-    returns ``(logits (B, K, H, W), {})`` as detectron2's ``SemanticSegmentor`` expects.
+    In training the classifier gets the targets (B, H, W) and returns its own already-weighted losses
+    (e.g. SSA's ``loss_ssa_*``), which are added to the loss dict: ``(None, {"loss_sem_seg": CE *
+    loss_weight, **classifier losses})``. Logits are upsampled bilinearly with align_corners=False in
+    training and inference alike. Inference returns ``(logits (B, K, H, W), {})`` as detectron2's
+    ``SemanticSegmentor`` expects.
     """
 
     @configurable

@@ -11,6 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 from torch.nn import functional as F
 
+from ..image_io import read_image_file
 from ..transforms import ColorAugSSD
 from .build import MAPPER_REGISTRY
 
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 def read_label_map(path: str, num_classes: int, ignore_label: int) -> np.ndarray:
     """Read a label PNG as (H, W) int64 and check that every value is a class id or the ignore value."""
-    label = utils.read_image(path).astype(np.int64)
+    label = read_image_file(path, what="label").astype(np.int64)
     if label.ndim != 2:
         raise ValueError(f"{path}: expected a single-channel label PNG (H, W), got shape {label.shape}")
     values = np.unique(label)
@@ -78,7 +79,7 @@ class SemSegDatasetMapper:
 
     def read(self, dataset_dict):
         """Image (H, W, 3) uint8 and label (H, W) int64 of a record, checked for matching sizes."""
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         if "sem_seg_file_name" not in dataset_dict:
             raise KeyError(f"{dataset_dict['file_name']}: dataset dict has no 'sem_seg_file_name' (needed for training)")
@@ -103,7 +104,8 @@ class SemSegDatasetMapper:
         image, label = self.read(dataset_dict)
         if self.is_train:
             image, label = self.augment(image, label)
-        image = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        # .copy(): fresh strides (ascontiguousarray keeps a flip's negative strides on 1-pixel-wide crops)
+        image = torch.from_numpy(image.transpose(2, 0, 1).copy())
         sem_seg = torch.from_numpy(label.astype(np.int64))
         pad_mask = torch.zeros(sem_seg.shape, dtype=torch.bool)
         if self.size_divisibility > 0:
@@ -134,7 +136,7 @@ class SemSegTestMapper:
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image_file(dataset_dict["file_name"], format=self.image_format)
         utils.check_image_size(dataset_dict, image)
         dataset_dict.setdefault("height", image.shape[0])
         dataset_dict.setdefault("width", image.shape[1])

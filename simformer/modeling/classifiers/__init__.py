@@ -1,4 +1,5 @@
 from .build import CLASSIFIER_REGISTRY, build_classifier
 from .linear import LinearClassifier
+from .ssa import SSAClassifier
 
-__all__ = ["CLASSIFIER_REGISTRY", "build_classifier", "LinearClassifier"]
+__all__ = ["CLASSIFIER_REGISTRY", "build_classifier", "LinearClassifier", "SSAClassifier"]

@@ -1,0 +1,105 @@
+"""SSA in the per-pixel model (detectron2 SemanticSegmentor + PerPixelBaselineHead): config selection,
+a few training steps of a tiny config, parameter increase, teacher-free inference weights."""
+import os
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+from simformer import add_simformer_config
+from simformer.engine import build_optimizer
+from simformer.modeling.classifiers import CLASSIFIER_REGISTRY
+from ssa_adapter import DEFAULT_LOSS_WEIGHTS, drop_teachers, inference_parameter_increase
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SSA_CONFIG = os.path.join(REPO, "configs", "synthetic", "ssa", "per_pixel_R18_ssa.yaml")
+BASELINE_CONFIG = os.path.join(REPO, "configs", "synthetic", "per_pixel_R18_fully_supervised.yaml")
+NUM_CLASSES, DIM, SIZE = 4, 32, 64
+TINY = [
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES),
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", str(DIM),
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", str(DIM),
+    "SOLVER.BASE_LR", "1e-3",
+]  # fmt: skip
+
+
+def _cfg(path, *opts):
+    cfg = get_cfg()
+    add_simformer_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(TINY + list(opts))
+    return cfg
+
+
+def _batch(seed, n=2):
+    """Images whose colour encodes the class of axis-aligned blocks; one unlabelled (255) strip."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        label = np.zeros((SIZE, SIZE), np.int64)
+        for cls in range(1, NUM_CLASSES):
+            y, x = rng.randint(0, SIZE - 20, 2)
+            label[y : y + 20, x : x + 20] = cls
+        image = np.stack([label * 60, 255 - label * 50, rng.randint(0, 40, (SIZE, SIZE))]).astype(np.uint8)
+        label[:, -4:] = 255
+        out.append({"image": torch.from_numpy(image), "sem_seg": torch.from_numpy(label), "height": SIZE, "width": SIZE})
+    return out
+
+
+def test_ssa_is_selected_by_config_and_off_by_default():
+    assert "SSAClassifier" in CLASSIFIER_REGISTRY
+    cfg = get_cfg()
+    add_simformer_config(cfg)
+    assert cfg.MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME == "LinearClassifier"
+    ssa = cfg.MODEL.SSA
+    weights = [ssa.COARSE_WEIGHT, ssa.DICE_WEIGHT, ssa.TEACHER_CE_WEIGHT, ssa.TEACHER_DICE_WEIGHT, ssa.RD_WEIGHT, ssa.SD_WEIGHT, ssa.PD_WEIGHT]
+    assert weights == list(DEFAULT_LOSS_WEIGHTS.values()) and ssa.TAU == 15.0
+    model = build_model(_cfg(SSA_CONFIG, "MODEL.SSA.SD_WEIGHT", "3.0"))
+    assert type(model.sem_seg_head.classifier).__name__ == "SSAClassifier"
+    assert model.sem_seg_head.classifier.ssa.loss_weights["sd"] == 3.0
+
+
+def test_parameter_increase_over_the_baseline_head():
+    baseline = build_model(_cfg(BASELINE_CONFIG))
+    ssa = build_model(_cfg(SSA_CONFIG, "MODEL.SSA.TEACHER", "False"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(ssa) - count(baseline) == inference_parameter_increase(DIM, NUM_CLASSES)
+    assert count(build_model(_cfg(SSA_CONFIG))) - count(ssa) == 4 * DIM**2 + 2 * DIM  # the teacher
+
+
+def test_ssa_per_pixel_model_trains_and_exports_without_teacher():
+    torch.manual_seed(0)
+    cfg = _cfg(SSA_CONFIG)
+    model = build_model(cfg)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    teacher = model.sem_seg_head.classifier.ssa.teacher
+    teacher_before = [p.detach().clone() for p in teacher.parameters()]
+    expected = {"loss_sem_seg"} | {f"loss_ssa_{t}" for t in DEFAULT_LOSS_WEIGHTS}
+    history = []
+    batch = _batch(0)
+    for _ in range(4):
+        losses = model(batch)
+        assert set(losses) == expected
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(float(total.detach()))
+    assert history[-1] < history[0], history
+    assert any(not torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
+
+    model.eval()
+    inputs = [{"image": x["image"], "height": SIZE, "width": SIZE} for x in _batch(1, n=1)]
+    with torch.no_grad():
+        reference = model(inputs)[0]["sem_seg"]
+    assert reference.shape == (NUM_CLASSES, SIZE, SIZE)
+
+    deploy = build_model(_cfg(SSA_CONFIG, "MODEL.SSA.TEACHER", "False")).eval()
+    incompatible = deploy.load_state_dict(model.state_dict())
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    with torch.no_grad():
+        assert torch.allclose(deploy(inputs)[0]["sem_seg"], reference, atol=1e-5)
+    assert drop_teachers(model) == 1 and not any(".teacher." in k for k in model.state_dict())
