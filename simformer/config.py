@@ -141,6 +141,8 @@ def add_simformer_config(cfg):
     # With --eval-only on a weak-shot training split: write pseudo-labels (spec §5.4) into this folder
     # instead of evaluating ("" = evaluate as usual). Retraining reads them via INPUT.WEAKSHOT.PSEUDO_LABEL_DIR.
     cfg.TEST.PSEUDO_LABEL_DIR = ""
+    # Also report Boundary IoU (bIoU, per class and per group) at this pixel tolerance; 0 = off.
+    cfg.TEST.BOUNDARY_TOLERANCE = 0
 
     # ---------------------------------------------------------------- reliability (simformer/engine/nonfinite.py)
     # A step whose loss terms are not all finite is caught before its backward pass. False: save

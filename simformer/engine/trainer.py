@@ -78,7 +78,8 @@ class Trainer(DefaultTrainer):
         if cfg.TEST.PSEUDO_LABEL_DIR:
             return PseudoLabelWriter(dataset_name, cfg.TEST.PSEUDO_LABEL_DIR, distributed=True)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)])
+        tolerance = cfg.TEST.BOUNDARY_TOLERANCE or None
+        return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder, boundary_tolerance=tolerance)])
 
     @classmethod
     def build_optimizer(cls, cfg, model):
