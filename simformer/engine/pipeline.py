@@ -135,4 +135,9 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
         json.dump(rows, f, indent=1)
     log("\n" + table + "\n" + note)
     log(f"==> pipeline finished in {(time.perf_counter() - t0) / 60:.1f} min; summary in {run_dir}/summary.md")
+    for stage in ("stage1", "retrain"):
+        for what in ("overlays", "plots"):
+            path = os.path.join(dirs[stage], what)
+            if os.path.isdir(path):
+                log(f"    {stage} {what}: {path}")
     return rows

@@ -11,7 +11,6 @@ pixels (simulated weak-shot data), the quality of the pseudo-labels against them
 import json
 import logging
 import os
-import tempfile
 import time
 from collections import OrderedDict
 
@@ -21,6 +20,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from PIL import Image
 
+from ..utils.atomic_io import atomic_write
 from .confusion import confusion_matrix, segmentation_metrics
 
 __all__ = ["make_pseudo_label", "PseudoLabelWriter", "SUMMARY_FILE"]
@@ -41,18 +41,6 @@ def make_pseudo_label(pred: np.ndarray, gt: np.ndarray, novel_tags, is_base: np.
     base = is_base[gt]
     out[base] = gt[base]
     return out
-
-
-def _write_png_atomic(path, array):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp_", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class PseudoLabelWriter(DatasetEvaluator):
@@ -107,7 +95,7 @@ class PseudoLabelWriter(DatasetEvaluator):
             if bad:
                 raise ValueError(f"{inp['file_name']}: novel_tags {bad} are not novel class ids of {self._dataset_name!r}")
             label = make_pseudo_label(pred, gt, inp["novel_tags"], self._is_base, self._ignore)
-            _write_png_atomic(os.path.join(self._output_dir, os.path.basename(inp["sem_seg_file_name"])), label)
+            atomic_write(os.path.join(self._output_dir, os.path.basename(inp["sem_seg_file_name"])), lambda f, a=label: Image.fromarray(a).save(f, format="PNG"))
             labelled = label != self._ignore
             self._counts += [1, label.size, int(labelled.sum()), int(self._is_novel[label[labelled]].sum())]
             gt_novel = self._is_novel[np.where(gt == self._ignore, 0, gt)] & (gt != self._ignore)
@@ -137,9 +125,7 @@ class PseudoLabelWriter(DatasetEvaluator):
         if gt_has_novel:  # full labels available (simulated weak-shot data): precision of the pseudo-labels
             metrics = segmentation_metrics(conf, self._class_names, {"base": self._base, "novel": self._novel})
             result.update({f"quality_{k}": metrics[k] for k in ("mIoU", "mIoU_base", "mIoU_novel", "pACC")})
-        with open(os.path.join(self._output_dir, SUMMARY_FILE) + ".tmp", "w") as f:
-            json.dump(dict(result, dataset=self._dataset_name), f, indent=1)
-        os.replace(os.path.join(self._output_dir, SUMMARY_FILE) + ".tmp", os.path.join(self._output_dir, SUMMARY_FILE))
+        atomic_write(os.path.join(self._output_dir, SUMMARY_FILE), lambda f: json.dump(dict(result, dataset=self._dataset_name), f, indent=1), mode="w")
         self._logger.info(
             f"[PseudoLabelWriter] {images} pseudo-labels of {self._dataset_name} in {self._output_dir}: "
             f"{result['labelled_fraction']:.1f}% of pixels labelled, {result['novel_fraction']:.1f}% novel"

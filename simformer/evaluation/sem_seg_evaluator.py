@@ -1,7 +1,6 @@
 """Semantic segmentation evaluator with base / novel class groups (mIoU per group and hIoU)."""
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Mapping, Optional
 
@@ -19,6 +18,7 @@ from detectron2.evaluation.evaluator import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 
+from ..utils.atomic_io import atomic_write  # noqa: E402
 from .confusion import boundary_counts, boundary_metrics, confusion_matrix, segmentation_metrics, validate_groups  # noqa: E402
 
 __all__ = ["SemSegEvaluator", "format_metrics_table"]
@@ -53,20 +53,6 @@ def format_metrics_table(metrics: Mapping) -> str:
     if "bIoU" in metrics:
         keys += ["bIoU"] + [f"bIoU_{g}" for g in _group_names(metrics) if f"bIoU_{g}" in metrics]
     return tabulate([[metrics[k] for k in keys]], headers=keys, tablefmt="pipe", floatfmt=".2f", numalign="left")
-
-
-def _atomic_save(path: str, save_fn) -> None:
-    """Write with ``save_fn(file)`` into a temporary file next to ``path``, then ``os.replace`` it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            save_fn(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class SemSegEvaluator(DatasetEvaluator):
@@ -204,8 +190,8 @@ class SemSegEvaluator(DatasetEvaluator):
             metrics.update(boundary_metrics(boundary, self._class_names, self._groups))
         if self._output_dir:
             PathManager.mkdirs(self._output_dir)
-            _atomic_save(os.path.join(self._output_dir, "sem_seg_evaluation.pth"), lambda f: torch.save(dict(metrics), f))
-            _atomic_save(os.path.join(self._output_dir, "confusion_matrix.npy"), lambda f: np.save(f, conf))
+            atomic_write(os.path.join(self._output_dir, "sem_seg_evaluation.pth"), lambda f: torch.save(dict(metrics), f))
+            atomic_write(os.path.join(self._output_dir, "confusion_matrix.npy"), lambda f: np.save(f, conf))
 
         self._logger.info(f"Semantic segmentation results on {self._dataset_name}:\n" + self._per_class_table(metrics))
         self._logger.info("\n" + format_metrics_table(metrics))
