@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .build import TRANSFORMER_DECODER_REGISTRY
 from .position_encoding import PositionEmbeddingSine
-from .standard import MLP
+from .standard import MLP, query_decoder_kwargs
 
 __all__ = ["MaskedAttentionTransformerDecoder", "MaskedAttentionDecoderLayer", "build_attention_mask"]
 
@@ -136,19 +136,7 @@ class MaskedAttentionTransformerDecoder(nn.Module):
         if mf.MASKED_ATTN.NUM_FEATURE_LEVELS > n_in:
             raise ValueError(f"MODEL.MASK_FORMER.MASKED_ATTN.NUM_FEATURE_LEVELS={mf.MASKED_ATTN.NUM_FEATURE_LEVELS} exceeds the pixel decoder's {n_in} levels (MODEL.SEM_SEG_HEAD.IN_FEATURES)")
         return {
-            "in_channels": in_channels,
-            "mask_classification": mask_classification,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "hidden_dim": mf.HIDDEN_DIM,
-            "num_queries": mf.NUM_OBJECT_QUERIES,
-            "nheads": mf.NHEADS,
-            "dropout": mf.DROPOUT,
-            "dim_feedforward": mf.DIM_FEEDFORWARD,
-            "dec_layers": mf.DEC_LAYERS,
-            "pre_norm": mf.PRE_NORM,
-            "deep_supervision": mf.DEEP_SUPERVISION,
-            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
-            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+            **query_decoder_kwargs(cfg, in_channels, mask_classification),
             "num_feature_levels": mf.MASKED_ATTN.NUM_FEATURE_LEVELS,
             "supervise_initial": mf.MASKED_ATTN.SUPERVISE_INITIAL,
             "mask_threshold": mf.MASKED_ATTN.MASK_THRESHOLD,

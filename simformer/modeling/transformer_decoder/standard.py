@@ -10,7 +10,27 @@ from .build import TRANSFORMER_DECODER_REGISTRY
 from .position_encoding import PositionEmbeddingSine
 from .transformer import TransformerDecoder, TransformerDecoderLayer
 
-__all__ = ["StandardTransformerDecoder", "MLP"]
+__all__ = ["StandardTransformerDecoder", "MLP", "query_decoder_kwargs"]
+
+
+def query_decoder_kwargs(cfg, in_channels, mask_classification):
+    """Constructor arguments every query decoder shares, from ``MODEL.MASK_FORMER`` / ``SEM_SEG_HEAD``."""
+    mf = cfg.MODEL.MASK_FORMER
+    return {
+        "in_channels": in_channels,
+        "mask_classification": mask_classification,
+        "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+        "hidden_dim": mf.HIDDEN_DIM,
+        "num_queries": mf.NUM_OBJECT_QUERIES,
+        "nheads": mf.NHEADS,
+        "dropout": mf.DROPOUT,
+        "dim_feedforward": mf.DIM_FEEDFORWARD,
+        "dec_layers": mf.DEC_LAYERS,
+        "pre_norm": mf.PRE_NORM,
+        "deep_supervision": mf.DEEP_SUPERVISION,
+        "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
+        "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+    }
 
 
 class MLP(nn.Module):
@@ -62,22 +82,7 @@ class StandardTransformerDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, in_channels, mask_classification):
-        mf = cfg.MODEL.MASK_FORMER
-        return {
-            "in_channels": in_channels,
-            "mask_classification": mask_classification,
-            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            "hidden_dim": mf.HIDDEN_DIM,
-            "num_queries": mf.NUM_OBJECT_QUERIES,
-            "nheads": mf.NHEADS,
-            "dropout": mf.DROPOUT,
-            "dim_feedforward": mf.DIM_FEEDFORWARD,
-            "dec_layers": mf.DEC_LAYERS,
-            "pre_norm": mf.PRE_NORM,
-            "deep_supervision": mf.DEEP_SUPERVISION,
-            "enforce_input_project": mf.ENFORCE_INPUT_PROJ,
-            "mask_dim": cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-        }
+        return query_decoder_kwargs(cfg, in_channels, mask_classification)
 
     def forward(self, x, mask_features, mask=None):
         """``mask`` (B, h, w) bool marks padding in ``x`` (optional)."""
