@@ -145,10 +145,13 @@ class SimFormerCriterion(SetCriterion):
 
     def _presence(self, targets, with_mask: bool, device):
         """(B, K) bool: classes of each image's targets that have (``with_mask``) / lack a mask."""
+        labels = torch.cat([t["labels"] for t in targets]).to(device)
+        has_mask = torch.cat([t["has_mask"] for t in targets]).to(device)
+        counts = torch.tensor([len(t["labels"]) for t in targets], device=device)
+        image = torch.repeat_interleave(torch.arange(len(targets), device=device), counts)
+        sel = has_mask if with_mask else ~has_mask
         pres = torch.zeros(len(targets), self.num_classes, dtype=torch.bool, device=device)
-        for b, t in enumerate(targets):
-            sel = t["has_mask"] if with_mask else ~t["has_mask"]
-            pres[b, t["labels"][sel].to(device)] = True
+        pres[image[sel], labels[sel]] = True
         return pres
 
     def cross_image_losses(self, outputs, targets) -> Dict[str, torch.Tensor]:

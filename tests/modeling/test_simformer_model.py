@@ -147,3 +147,18 @@ def test_matcher_target_map_with_base_mask_empty_at_low_resolution():
     # each target (by its index in the caller's list) goes to the query predicting its class
     assert assigned == {0: 3, 1: 2, 2: 1, 3: 0}
     assert np.array_equal(targets[0]["labels"][cols].numpy(), logits[0, rows, :-1].argmax(-1).numpy())
+
+
+def test_class_presence_per_image():
+    from simformer.modeling.simformer_criterion import SimFormerCriterion
+
+    crit = SimFormerCriterion(6, HungarianMatcher(), 0.1)
+    targets = [
+        {"labels": torch.tensor([0, 2, 5]), "has_mask": torch.tensor([True, True, False])},
+        {"labels": torch.zeros(0, dtype=torch.int64), "has_mask": torch.zeros(0, dtype=torch.bool)},
+        {"labels": torch.tensor([1, 4]), "has_mask": torch.tensor([True, False])},
+    ]
+    with_mask = crit._presence(targets, True, "cpu")
+    without = crit._presence(targets, False, "cpu")
+    assert with_mask.nonzero().tolist() == [[0, 0], [0, 2], [2, 1]]
+    assert without.nonzero().tolist() == [[0, 5], [2, 4]]
