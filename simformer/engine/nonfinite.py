@@ -82,21 +82,32 @@ def _total(loss_dict):
     return sum(loss_dict.values()), loss_dict
 
 
+def _checked_forward(trainer, autocast_ctx=None):
+    """Next batch -> (total loss, loss dict, data time), with the loss terms checked before any backward;
+    on a non-finite term the model's buffers are put back and :class:`NonFiniteLossError` is raised."""
+    start = time.perf_counter()
+    data = next(trainer._data_loader_iter)
+    data_time = time.perf_counter() - start
+    buffers = _BufferSnapshot(trainer.model)
+    if autocast_ctx is None:
+        losses, loss_dict = _total(trainer.model(data))
+    else:
+        with autocast_ctx:
+            losses, loss_dict = _total(trainer.model(data))
+    try:
+        check_losses(loss_dict, trainer.iter)
+    except NonFiniteLossError:
+        buffers.restore()
+        raise
+    return losses, loss_dict, data_time
+
+
 class GuardedSimpleTrainer(SimpleTrainer):
     """``SimpleTrainer`` whose ``run_step`` checks the loss terms before ``backward`` (module doc)."""
 
     def run_step(self):
         assert self.model.training, "[GuardedSimpleTrainer] model was changed to eval mode!"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        buffers = _BufferSnapshot(self.model)
-        losses, loss_dict = _total(self.model(data))
-        try:
-            check_losses(loss_dict, self.iter)
-        except NonFiniteLossError:
-            buffers.restore()
-            raise
+        losses, loss_dict, data_time = _checked_forward(self)
         self.optimizer.zero_grad()
         losses.backward()
         self._write_metrics(loss_dict, data_time)
@@ -111,17 +122,7 @@ class GuardedAMPTrainer(AMPTrainer):
         assert torch.cuda.is_available(), "[GuardedAMPTrainer] CUDA is required for AMP training!"
         from torch.cuda.amp import autocast
 
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-        buffers = _BufferSnapshot(self.model)
-        with autocast():
-            losses, loss_dict = _total(self.model(data))
-        try:
-            check_losses(loss_dict, self.iter)
-        except NonFiniteLossError:
-            buffers.restore()
-            raise
+        losses, loss_dict, data_time = _checked_forward(self, autocast())
         self.optimizer.zero_grad()
         self.grad_scaler.scale(losses).backward()
         self._write_metrics(loss_dict, data_time)
