@@ -90,9 +90,13 @@ class MaskFormer(nn.Module):
             return {k: v * self.weight_dict[k] for k, v in losses.items() if k in self.weight_dict}
         return self.inference(outputs, images, batched_inputs)
 
+    def semantic_scores(self, outputs: Dict, size) -> torch.Tensor:
+        """Head outputs -> (B, K, H, W) per-class scores at ``size`` (the padded input size); argmax = prediction."""
+        mask_pred = F.interpolate(outputs["pred_masks"], size=size, mode="bilinear", align_corners=False)
+        return semantic_inference(outputs["pred_logits"], mask_pred)
+
     def inference(self, outputs: Dict, images: ImageList, batched_inputs: List[Dict]) -> List[Dict]:
-        mask_pred = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False)
-        scores = semantic_inference(outputs["pred_logits"], mask_pred)  # (B, K, H_pad, W_pad)
+        scores = self.semantic_scores(outputs, images.tensor.shape[-2:])  # (B, K, H_pad, W_pad)
         results = []
         for score, x, image_size in zip(scores, batched_inputs, images.image_sizes):
             height = x.get("height", image_size[0])
