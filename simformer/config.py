@@ -85,6 +85,15 @@ def add_simformer_config(cfg):
 
     # Matching cost of a target without a mask (weak-shot novel class): -p(class) only (spec §3, NoMaskCls).
     cfg.MODEL.MASK_FORMER.COST_CLASS_NO_MASK = 1.0
+    # Point-sampled mask losses and matching costs (spec §11: a flagged deviation from the exact objective).
+    # Points per matched mask for focal / dice and per image for the matching costs; 0 = every pixel
+    # (losses at the target resolution, costs at the mask-logit resolution: the exact objective).
+    cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 0
+    # Loss points: ceil(OVERSAMPLE_RATIO * TRAIN_NUM_POINTS) uniform candidates (>= 1) of which the
+    # IMPORTANCE_SAMPLE_RATIO (in [0, 1]) share with the most uncertain logits is kept, the rest uniform;
+    # 0 = uniform points (an unbiased estimate of the full-resolution losses).
+    cfg.MODEL.MASK_FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
 
     # ---------------------------------------------------------------- SimFormer (spec §3-§5)
     # Read by the "SimFormer" meta-architecture and its criterion (simformer/modeling/simformer_criterion.py).
@@ -123,6 +132,48 @@ def add_simformer_config(cfg):
     # Running positive/negative balance of the base pair loss: window (iterations) and count stride.
     cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BALANCE_WINDOW = 25
     cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BALANCE_STRIDE = 5
+    # Cross-image pixel contrast (related_methods §C, §D.3): auxiliary loss loss_pixel_contrast on projected
+    # mask features of labelled pixels, anchors from every image of the batch; training only (PixelContrast in
+    # simformer/modeling/pixel_contrast_head.py, built by the "SimFormer" meta-architecture).
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST = CN()
+    # Loss weight (official in-batch 0.1; 1.0 with memory); 0 = off: no projection head, no loss.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.WEIGHT = 0.0
+    # Projection head on the mask features: "convmlp" (1x1 conv, MODEL.SEM_SEG_HEAD.NORM, ReLU, 1x1 conv) or
+    # "linear" (one 1x1 conv); output L2-normalised.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.PROJ = "convmlp"
+    # Embedding channels of the projection head.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.PROJ_DIM = 256
+    # Stride of the embeddings: 4 (mask-feature resolution) or a multiple of 4 (average-pooled first; 8 = 4x cheaper).
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.PROJ_STRIDE = 4
+    # Softmax temperature tau of the similarities.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.TEMPERATURE = 0.1
+    # Loss multiplier (not a temperature); -1 = TEMPERATURE / 0.07, the official base_temperature scaling.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.LOSS_SCALE = -1.0
+    # Anchor budget per process and most anchors per (image, class) (n_view = min(MAX_SAMPLES // groups, MAX_VIEWS)).
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MAX_SAMPLES = 1024
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MAX_VIEWS = 100
+    # An (image, class) gives anchors only with more than this many pixels at embedding resolution (official: MAX_VIEWS).
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MIN_PIXELS_PER_CLASS = 100
+    # Half of each class's anchors from pixels the detached semantic prediction gets wrong; False = uniform.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.HARD_ANCHORS = True
+    # The loss is multiplied by 0 for this many training iterations; -1 = round(0.125 * SOLVER.MAX_ITER).
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.WARMUP_ITERS = -1
+    # Pixels contrasted: "base" (base classes with a mask target) or "labelled" (every class with a mask
+    # target: base + pseudo-labelled novel classes when retraining with INPUT.WEAKSHOT.NOVEL_HAS_MASK).
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.CLASSES = "base"
+    # Class-wise memory of pixel / region embeddings, all-gathered so every process holds the same one and
+    # saved in checkpoints; with it, anchors are contrasted against the memory only (official MEM variant).
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY = CN()
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY.ENABLED = False
+    # Slots per class of the pixel and the region (per image-class mean) queue; 0 = that queue is off.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY.PIXEL_SIZE = 2000
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY.REGION_SIZE = 1000
+    # Random pixels pushed per (image, class) per iteration.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY.PIXELS_PER_IMAGE = 10
+    # Contrast against a random subset of this many filled memory entries per iteration; 0 = all of them.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY.CANDIDATES = 16384
+    # Store the queues in float16 (half the memory); the loss is computed in float32.
+    cfg.MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY.STORE_FP16 = True
 
     # ---------------------------------------------------------------- pixel decoder / heads
     # Pixel decoder, by name in PIXEL_DECODER_REGISTRY ("BasePixelDecoder": FPN;
@@ -132,8 +183,56 @@ def add_simformer_config(cfg):
     cfg.MODEL.SEM_SEG_HEAD.MASK_DIM = 256
     # Transformer-encoder layers of TransformerEncoderPixelDecoder.
     cfg.MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS = 6
+    # Top-down upsampler of the FPN pixel decoders (simformer/modeling/pixel_decoder/fpn.py): "nearest"
+    # (MaskFormer), "bilinear" (align_corners=False) or "srm" (semantic refinement module, srm.py: a learned
+    # per-pixel offset warp of the bilinear upsample, guided by the finer lateral map; equals "bilinear" at init).
+    cfg.MODEL.SEM_SEG_HEAD.UPSAMPLER = "nearest"
+    # Context module on the coarsest pixel-decoder input (res5): "none" or "crm" (contextual refinement module,
+    # crm.py: channel-then-spatial attention over all input stages pooled to res5 size; identity at init).
+    cfg.MODEL.SEM_SEG_HEAD.CONTEXT_MODULE = "none"
+    # SRM options, read when UPSAMPLER is "srm" (our design; the paper's code is not public).
+    cfg.MODEL.SEM_SEG_HEAD.SRM = CN()
+    # Merges that get SRM, named by their finer feature (e.g. ["res2"] = only the stride 8->4 merge);
+    # empty = every merge. The other merges upsample bilinearly.
+    cfg.MODEL.SEM_SEG_HEAD.SRM.LEVELS = []
+    # Channels of the compressed upsampled / guide maps that predict the offsets.
+    cfg.MODEL.SEM_SEG_HEAD.SRM.REDUCED_DIM = 64
+    # Offset groups: channel group g of the upsampled map is warped by its own offset (must divide CONVS_DIM).
+    cfg.MODEL.SEM_SEG_HEAD.SRM.OFFSET_GROUPS = 1
+    # Window of the neighbour-guided offset refinement (odd); 0 = off (raw predicted offsets).
+    cfg.MODEL.SEM_SEG_HEAD.SRM.NEIGHBOR_KERNEL = 3
+    # Passes of the neighbour refinement (>= 1 when NEIGHBOR_KERNEL > 0).
+    cfg.MODEL.SEM_SEG_HEAD.SRM.REFINE_ITERS = 1
+    # CRM options, read when CONTEXT_MODULE is "crm" (our design; the paper's code is not public).
+    cfg.MODEL.SEM_SEG_HEAD.CRM = CN()
+    # Channels of the aggregated multi-stage map (>= 8; the spatial attention uses REDUCED_DIM // 8).
+    cfg.MODEL.SEM_SEG_HEAD.CRM.REDUCED_DIM = 512
     # Classification layer of the per-pixel head, by name in CLASSIFIER_REGISTRY.
     cfg.MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME = "LinearClassifier"
+
+    # ---------------------------------------------------------------- CCS classifier (/work/shared/specs/related_methods.md §A, §D.1)
+    # Read by "CCSClassifier" in CLASSIFIER_REGISTRY (simformer/modeling/classifiers/ccs.py): scene-adaptive class
+    # centres + cosine pixel-to-centre logits. Everything is our design (only the paper's abstract is public).
+    cfg.MODEL.CCS = CN()
+    # The learnable output logit scale starts at 1/TAU and is clamped to [1, 100]; TAU in [0.01, 1].
+    cfg.MODEL.CCS.TAU = 0.1
+    # Fixed scale of the coarse cosine logits against the global centres (their spatial softmax pools the centres).
+    cfg.MODEL.CCS.COARSE_SCALE = 10.0
+    # Scale each centre update by the detached presence score max_p softmax_k(coarse logits) (spec §A.6).
+    cfg.MODEL.CCS.PRESENCE_GATING = True
+    # Average-pool the features by this factor (>= 1) for the coarse logits and pooled centres; 2 = ~4x cheaper.
+    cfg.MODEL.CCS.POOL_STRIDE = 1
+    # Loss weights (0 = term skipped): CE of the coarse logits, intra-class (pixel-to-own-centre) hinge,
+    # inter-class (centre-to-centre) hinge. The main CE is the head's LOSS_WEIGHT.
+    cfg.MODEL.CCS.COARSE_WEIGHT = 0.4
+    cfg.MODEL.CCS.INTRA_WEIGHT = 0.5
+    cfg.MODEL.CCS.INTER_WEIGHT = 0.5
+    # Intra-class hinge max(0, INTRA_MARGIN - cos(pixel, own centre)); 1.0 = plain 1 - cos.
+    cfg.MODEL.CCS.INTRA_MARGIN = 1.0
+    # Inter-class hinge max(0, cos(centre_k, centre_l) - INTER_MARGIN); 0.0 = centres at most orthogonal.
+    cfg.MODEL.CCS.INTER_MARGIN = 0.0
+    # Centre pairs of the inter-class loss: "present" (classes labelled in the image) or "all" (every pair).
+    cfg.MODEL.CCS.INTER_CLASSES = "present"
 
     # ---------------------------------------------------------------- evaluation
     # Print and log this many predictions as colour overlays after evaluation (0 = none).
@@ -143,12 +242,25 @@ def add_simformer_config(cfg):
     cfg.TEST.PSEUDO_LABEL_DIR = ""
     # Also report Boundary IoU (bIoU, per class and per group) at this pixel tolerance; 0 = off.
     cfg.TEST.BOUNDARY_TOLERANCE = 0
+    # Sliding-window inference (simformer/modeling/sliding_window.py) for images larger than the window:
+    # windows of SIZE (h, w) every STRIDE (h, w) pixels of the resized input, scores averaged where they
+    # overlap; an image within one window is predicted whole. SIZE (0, 0) = INPUT.CROP.SIZE; STRIDE (0, 0)
+    # = two thirds of SIZE. Off = whole-image inference.
+    cfg.TEST.SLIDING_WINDOW = CN()
+    cfg.TEST.SLIDING_WINDOW.ENABLED = False
+    cfg.TEST.SLIDING_WINDOW.SIZE = (0, 0)
+    cfg.TEST.SLIDING_WINDOW.STRIDE = (0, 0)
 
     # ---------------------------------------------------------------- reliability (simformer/engine/nonfinite.py)
     # A step whose loss terms are not all finite is caught before its backward pass. False: save
     # OUTPUT_DIR/model_before_nonfinite_iter<i>.pth (state before the step) and stop with a FloatingPointError
     # naming the terms; True: skip the step with a warning and count it (metric nonfinite_skipped_steps).
     cfg.SOLVER.SKIP_NONFINITE_STEPS = False
+    # Mixed precision (simformer/engine/amp.py): the training forward runs under torch.autocast on the
+    # model's device; the matcher, the losses and semantic inference stay in fp32. detectron2's own
+    # SOLVER.AMP.ENABLED switches it on (any device); SOLVER.AMP.DTYPE: "bfloat16" (CPU or GPU, no loss
+    # scaling) or "float16" (CUDA only, with a dynamic GradScaler).
+    cfg.SOLVER.AMP.DTYPE = "bfloat16"
 
     # ---------------------------------------------------------------- SSA classifier (ssa_adapter; /work/shared/specs/ssa.md)
     # Read by "SSAClassifier" in CLASSIFIER_REGISTRY (MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME; simformer/modeling/classifiers/ssa.py).
@@ -176,6 +288,37 @@ def add_simformer_config(cfg):
     cfg.MODEL.SSA.RD_WEIGHT = 1.0
     cfg.MODEL.SSA.SD_WEIGHT = 10.0
     cfg.MODEL.SSA.PD_WEIGHT = 0.4
+    # Weak-shot options (spec §9.3). Semantic prototype update: "replace" = S_p = phi_s([S_c ; W]) (official);
+    # "residual" = S_p = W + g * phi_s([S_c ; W]) with a learnable scalar gate g starting at SEMANTIC_GATE_INIT.
+    cfg.MODEL.SSA.SEMANTIC_UPDATE = "replace"
+    cfg.MODEL.SSA.SEMANTIC_GATE_INIT = 0.1
+    # Position basis P: "learned" = a K x C table (official); "prototypes" = P = A W, a learned C x C map of
+    # the prototypes, so classes without teacher signal (novel) and per-image prototypes get a basis.
+    cfg.MODEL.SSA.POSITION_BASIS = "learned"
+    # Classes of the semantic / spatial distillation (L_sd, L_pd): "present" = those in each image's labels
+    # (classes without ground truth, e.g. novel, get no teacher target; spec §9.3.1; set by the weak-shot
+    # configs); "all" = all K (official, the default, as in the per-pixel SSA-Seg setting).
+    cfg.MODEL.SSA.DISTILL_CLASSES = "all"
+
+    # ---------------------------------------------------------------- pixel classifier of the mask-classification model
+    # Spec §9.2 "B2", read by MaskFormerHead and the MaskFormer / SimFormer meta-architectures: a classifier from
+    # CLASSIFIER_REGISTRY over the pixel decoder's mask_features, whose per-image class prototypes are the
+    # final-layer query mask-embeddings pooled with the queries' class probabilities.
+    cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER = CN()
+    # Classifier name in CLASSIFIER_REGISTRY (e.g. "SSAClassifier"); "" = off (plain MaskFormer).
+    cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME = ""
+    # Weight of the per-pixel CE of its logits (loss_pixel_ce; base / labelled pixels only). The classifier's
+    # own terms (e.g. loss_ssa_*) come weighted by its keys (MODEL.SSA.*).
+    cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.CE_WEIGHT = 1.0
+    # Weight of loss_pixel_novel (weak-shot, SimFormer meta-architecture): on pixels outside every base mask and
+    # the padding of an image with image-level novel labels, -log of the pixel classifier's probability of the
+    # tagged novel classes (the pixel-level complementary loss); 0 = off (novel classes get no pixel signal).
+    cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NOVEL_WEIGHT = 0.0
+    # Semantic map of inference: "maskformer" = sum_q p_q(k) sigmoid(m_q); "pixel" = softmax of the pixel
+    # classifier's logits; "fusion" = maskformer^(1 - FUSION_WEIGHT) * pixel^FUSION_WEIGHT (weighted geometric mean).
+    cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.SEMANTIC_MAP = "maskformer"
+    # Exponent of the pixel map in the "fusion" semantic map, in [0, 1].
+    cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.FUSION_WEIGHT = 0.5
 
     # ---------------------------------------------------------------- masked-attention query decoder
     # Read by MaskedAttentionTransformerDecoder (simformer/modeling/transformer_decoder/masked_attention.py),

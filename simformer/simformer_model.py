@@ -4,8 +4,9 @@ Same network and inference as :class:`MaskFormer`; the criterion adds the comple
 batches of image pairs (``PairDatasetMapper``: each input dict carries its partner under ``"pair"``),
 SimNet's base pixel-pair loss and the similarity distillation (spec §4). Pairs are flattened to the
 batch [A1, B1, A2, B2, ...], so ``SOLVER.IMS_PER_BATCH`` counts pairs and any number of pairs per device
-works. With every SimFormer weight at 0 this is MaskFormer (used for the oracle, base-only and
-retraining stages).
+works. The optional pixel contrast (``MODEL.SIMFORMER.PIXEL_CONTRAST``) adds a training-only projection head
+in the criterion and ``loss_pixel_contrast`` for any batch. With every SimFormer weight at 0 this is
+MaskFormer (used for the oracle, base-only and retraining stages).
 """
 from typing import Dict, List
 
@@ -14,6 +15,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from .model import MaskFormer
+from .modeling.criterion import point_sampling_kwargs
+from .modeling.pixel_contrast_head import PixelContrast, PixelContrastMemory
 from .modeling.simformer_criterion import SimFormerCriterion
 from .modeling.simnet import RunningPairBalance, SimNet
 
@@ -27,6 +30,36 @@ def _novel_ids_of_training_data(cfg):
     if len(ids) > 1:
         raise ValueError(f"SimFormer: the datasets of DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} have different novel classes")
     return list(ids.pop()) if ids else []
+
+
+def _build_pixel_contrast(cfg) -> PixelContrast:
+    """The training-only pixel contrast module of MODEL.SIMFORMER.PIXEL_CONTRAST (head on the mask features)."""
+    pc = cfg.MODEL.SIMFORMER.PIXEL_CONTRAST
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if pc.PROJ_STRIDE < 4 or pc.PROJ_STRIDE % 4:
+        raise ValueError(f"MODEL.SIMFORMER.PIXEL_CONTRAST.PROJ_STRIDE must be a multiple of 4 (the mask-feature stride), got {pc.PROJ_STRIDE}")
+    memory = None
+    if pc.MEMORY.ENABLED:
+        m = pc.MEMORY
+        memory = PixelContrastMemory(num_classes, pc.PROJ_DIM, m.PIXEL_SIZE, m.REGION_SIZE, m.PIXELS_PER_IMAGE, m.STORE_FP16)
+    warmup = round(0.125 * cfg.SOLVER.MAX_ITER) if pc.WARMUP_ITERS < 0 else pc.WARMUP_ITERS
+    return PixelContrast(
+        cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+        num_classes,
+        proj_dim=pc.PROJ_DIM,
+        proj=pc.PROJ,
+        norm=cfg.MODEL.SEM_SEG_HEAD.NORM,
+        pool=pc.PROJ_STRIDE // 4,
+        temperature=pc.TEMPERATURE,
+        loss_scale=None if pc.LOSS_SCALE < 0 else pc.LOSS_SCALE,
+        max_samples=pc.MAX_SAMPLES,
+        max_views=pc.MAX_VIEWS,
+        min_pixels=pc.MIN_PIXELS_PER_CLASS,
+        hard_anchors=pc.HARD_ANCHORS,
+        warmup_iters=warmup,
+        memory=memory,
+        memory_candidates=pc.MEMORY.CANDIDATES if memory is not None else 0,
+    )
 
 
 @META_ARCH_REGISTRY.register()
@@ -46,13 +79,15 @@ class SimFormer(MaskFormer):
                 "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS > 0 trains on image pairs: set INPUT.DATASET_MAPPER_NAME "
                 f"'PairDatasetMapper' (got {cfg.INPUT.DATASET_MAPPER_NAME!r})"
             )
-        novel = _novel_ids_of_training_data(cfg) if (sf.COMP_LOSS_WEIGHT != 0 or use_pairs) else []
+        use_contrast = sf.PIXEL_CONTRAST.WEIGHT != 0
+        novel = _novel_ids_of_training_data(cfg) if (sf.COMP_LOSS_WEIGHT != 0 or use_pairs or use_contrast) else []
         ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", 255) if cfg.DATASETS.TRAIN else 255
         simnet = SimNet(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, cis.HIDDEN_DIM, cis.LAYER_NUM, cis.BN) if use_pairs else None
         ret["criterion"] = SimFormerCriterion(
             cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             ret["criterion"].matcher,
             mf.NO_OBJECT_WEIGHT,
+            **point_sampling_kwargs(cfg),
             novel_class_ids=novel,
             ignore_label=ignore_label,
             comp_loss=sf.COMP_LOSS_WEIGHT != 0,
@@ -70,6 +105,8 @@ class SimFormer(MaskFormer):
             base_detach=cis.BASE_DETACH,
             teacher_detach=cis.TEACH_DETACH,
             balance=RunningPairBalance(cis.BALANCE_WINDOW, cis.BALANCE_STRIDE) if use_pairs else None,
+            pixel_contrast=_build_pixel_contrast(cfg) if use_contrast else None,
+            contrast_classes=sf.PIXEL_CONTRAST.CLASSES,
         )
         weights = dict(ret["weight_dict"])
         if sf.COMP_LOSS_WEIGHT != 0:
@@ -80,6 +117,8 @@ class SimFormer(MaskFormer):
             weights["loss_cro_sim"] = cis.BASE_LOSS
             if cis.DISTILL_LOSS != 0:
                 weights["loss_cro_dit"] = cis.DISTILL_LOSS
+        if use_contrast:
+            weights["loss_pixel_contrast"] = sf.PIXEL_CONTRAST.WEIGHT
         ret["weight_dict"] = weights
         return ret
 

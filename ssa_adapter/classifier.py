@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .losses import cross_entropy, dice_loss, downsample_labels, label_boundaries, relation_distillation, response_distillation, spatial_distillation
+from .losses import cross_entropy, dice_loss, downsample_labels, label_boundaries, present_classes, relation_distillation, response_distillation, spatial_distillation
 from .teacher import SSATeacher, cosine_logits, inverse_norm, prototype_mlp
 
 __all__ = ["SSAClassifier", "DEFAULT_LOSS_WEIGHTS", "inference_parameter_increase", "drop_teachers"]
@@ -34,15 +34,21 @@ DEFAULT_LOSS_WEIGHTS = {
     "pd": 0.4,  # spatial-domain distillation (L_pd)
 }
 _TEACHER_TERMS = ("teacher_ce", "teacher_dice", "rd", "sd", "pd")
+# Position basis P: "learned" = a (K, C) table (official); "prototypes" = P = A W, a learned bias-free
+# linear map of the fixed prototypes, so classes without teacher signal (weak-shot novel) inherit a basis
+# (spec §9.3.5) and per-image prototypes (B, K, C) give a per-image basis.
+POSITION_BASES = ("learned", "prototypes")
 
 
-def inference_parameter_increase(channels: int, num_classes: int) -> int:
+def inference_parameter_increase(channels: int, num_classes: int, position_basis: str = "learned", semantic_gate: bool = False) -> int:
     """Parameters SSA adds at inference on top of a kept 1x1 classifier (spec §1): 4C^2 + KC + 12C.
 
     (Depth-wise 3x3 conv 10C, position basis KC, two fusion MLPs 2 (1.5C^2 + C), projection C^2; hidden
-    width C/2, so C even.) The training-only teacher adds 4C^2 + 2C more.
+    width C/2, so C even.) The training-only teacher adds 4C^2 + 2C more. With ``position_basis`` =
+    "prototypes" the KC table is a C x C map instead; a residual semantic update adds its scalar gate.
     """
-    return 4 * channels**2 + num_classes * channels + 12 * channels
+    basis = channels**2 if position_basis == "prototypes" else num_classes * channels
+    return 4 * channels**2 + basis + 12 * channels + int(semantic_gate)
 
 
 class SSAClassifier(nn.Module):
@@ -55,6 +61,12 @@ class SSAClassifier(nn.Module):
       (K, C) position basis;
     * SEPA: S_c[k] = soft class mean of S_f under softmax_classes(M_c); S_p = phi_s([S_c ; W]);
     * O = tau * cos(S_f + P_f, G(S_p + P_p)), so |O| <= tau.
+
+    Weak-shot options (spec §9.3; off by default = the official code): a residual, gated semantic update
+    S_p = W + g * phi_s([S_c ; W]) with a learnable scalar g (``semantic_gate`` = its initial value); a
+    position basis derived from the prototypes, P = A W (``position_basis="prototypes"``); and the
+    semantic / spatial distillation restricted to the classes present in each image's labels
+    (``distill_present_only``), so classes without ground truth get no teacher target.
 
     The classifier runs in fp32 even under autocast (its 1e-12 normalisations are fp16-unsafe,
     spec §8.2.11).
@@ -74,6 +86,9 @@ class SSAClassifier(nn.Module):
         boundary_border: int = 0,
         kd_smooth: float = 0.5,
         loss_weights: Optional[Mapping[str, float]] = None,
+        semantic_gate: Optional[float] = None,
+        position_basis: str = "learned",
+        distill_present_only: bool = False,
     ):
         """
         Args:
@@ -90,6 +105,11 @@ class SSAClassifier(nn.Module):
             boundary_border: boundary frame suppressed along the image border, feature pixels (official 6).
             kd_smooth: weight of the teacher distribution in the L_rd target (official 0.5).
             loss_weights: overrides of :data:`DEFAULT_LOSS_WEIGHTS`; a 0 weight skips the term.
+            semantic_gate: None = official S_p = phi_s([S_c ; W]); a float = initial value of the learnable
+                gate g of the residual update S_p = W + g * phi_s([S_c ; W]) (student and teacher).
+            position_basis: one of :data:`POSITION_BASES`.
+            distill_present_only: restrict L_sd (rows and columns) and L_pd to the classes present in each
+                image's labels (official: all K classes).
         """
         super().__init__()
         weights = dict(DEFAULT_LOSS_WEIGHTS)
@@ -97,6 +117,8 @@ class SSAClassifier(nn.Module):
         if unknown:
             raise ValueError(f"unknown SSA loss terms {sorted(unknown)}; accepted: {sorted(weights)}")
         weights.update(loss_weights or {})
+        if position_basis not in POSITION_BASES:
+            raise ValueError(f"SSA position_basis must be one of {POSITION_BASES}, got {position_basis!r}")
         hidden_dim = hidden_dim or channels // 2
         self.channels = channels
         self.num_classes = num_classes
@@ -106,14 +128,19 @@ class SSAClassifier(nn.Module):
         self.boundary_border = boundary_border
         self.kd_smooth = kd_smooth
         self.loss_weights = weights
+        self.distill_present_only = distill_present_only
 
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.position_conv = nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels)
-        self.position_basis = nn.Embedding(num_classes, channels)
+        if position_basis == "learned":
+            self.position_basis = nn.Embedding(num_classes, channels)
+        else:
+            self.basis_proj = nn.Linear(channels, channels, bias=False)
         self.semantic_fuse = prototype_mlp(channels, hidden_dim)
         self.spatial_fuse = prototype_mlp(channels, hidden_dim)
         self.prototype_proj = nn.Linear(channels, channels, bias=False)
-        self.teacher = SSATeacher(channels, num_classes, hidden_dim, tau, ignore_value) if with_teacher else None
+        self.semantic_gate = None if semantic_gate is None else nn.Parameter(torch.tensor(float(semantic_gate)))
+        self.teacher = SSATeacher(channels, num_classes, hidden_dim, tau, ignore_value, semantic_gate) if with_teacher else None
 
     def drop_teacher(self) -> None:
         """Delete the training-only teacher (before exporting inference weights)."""
@@ -146,7 +173,8 @@ class SSAClassifier(nn.Module):
             aux: tensors for :meth:`losses`: ``coarse_logits`` (B, K, h, w), ``features`` and
                 ``position_features`` (B, C, h, w), ``pixels`` (B, C, h, w) = S_f + P_f and
                 ``pixel_inv_norm`` (B, 1, h, w) = 1 / ||S_f + P_f||,
-                ``prototypes`` (B, K, C), ``semantic_prototypes`` S_p and ``spatial_prototypes`` P_p (B, K, C).
+                ``prototypes`` (B, K, C), ``position_basis`` P (B, K, C), ``semantic_prototypes`` S_p and
+                ``spatial_prototypes`` P_p (B, K, C).
         """
         b, c = features.shape[:2]
         k = self.num_classes
@@ -176,7 +204,10 @@ class SSAClassifier(nn.Module):
             # SPPA: spatial softmax over the pixels of each class
             spatial_attn = F.softmax(coarse_flat, dim=-1)
             spatial_centre = torch.bmm(spatial_attn, position.flatten(2).transpose(1, 2))
-            basis = self.position_basis.weight[None].expand(b, -1, -1)
+            if hasattr(self, "position_basis"):
+                basis = self.position_basis.weight[None].expand(b, -1, -1)
+            else:
+                basis = self.basis_proj(protos)
             spatial = self.spatial_fuse(torch.cat([basis, spatial_centre], dim=-1))
 
             # SEPA: soft class means under the per-pixel class posterior
@@ -184,6 +215,8 @@ class SSAClassifier(nn.Module):
             semantic_centre = torch.bmm(semantic_attn, features.flatten(2).transpose(1, 2))
             semantic_centre = semantic_centre / (semantic_attn.sum(-1, keepdim=True) + 1e-12)
             semantic = self.semantic_fuse(torch.cat([semantic_centre, protos], dim=-1))
+            if self.semantic_gate is not None:
+                semantic = protos + self.semantic_gate * semantic
 
             pixels = features + position
             inv_norm = inverse_norm(pixels)
@@ -196,6 +229,7 @@ class SSAClassifier(nn.Module):
             "pixels": pixels,
             "pixel_inv_norm": inv_norm,
             "prototypes": protos,
+            "position_basis": basis,
             "semantic_prototypes": semantic,
             "spatial_prototypes": spatial,
         }
@@ -235,8 +269,9 @@ class SSAClassifier(nn.Module):
             if self.teacher is not None and any(w[t] for t in _TEACHER_TERMS):
                 small = downsample_labels(targets, logits.shape[-2:])
                 t_logits, t_semantic, t_spatial = self.teacher(
-                    aux["features"], aux["position_features"], aux["pixels"], aux["pixel_inv_norm"], aux["prototypes"], self.position_basis.weight, small
+                    aux["features"], aux["position_features"], aux["pixels"], aux["pixel_inv_norm"], aux["prototypes"], aux["position_basis"], small
                 )
+                present = present_classes(small, self.num_classes, self.ignore_value) if self.distill_present_only else None
                 if w["teacher_ce"] or w["teacher_dice"]:
                     t_up = upsample(t_logits)
                 if w["teacher_ce"]:
@@ -248,9 +283,9 @@ class SSAClassifier(nn.Module):
                     boundary = label_boundaries(small, self.boundary_width, self.boundary_border)
                     terms["rd"] = response_distillation(logits, t_logits, small, boundary, self.ignore_value, self.kd_smooth)
                 if w["sd"]:
-                    terms["sd"] = relation_distillation(aux["semantic_prototypes"], t_semantic, self.tau)
+                    terms["sd"] = relation_distillation(aux["semantic_prototypes"], t_semantic, self.tau, present)
                 if w["pd"]:
-                    terms["pd"] = spatial_distillation(aux["spatial_prototypes"], t_spatial)
+                    terms["pd"] = spatial_distillation(aux["spatial_prototypes"], t_spatial, present)
         return {f"loss_ssa_{name}": value * w[name] for name, value in terms.items()}
 
 

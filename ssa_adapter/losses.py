@@ -11,6 +11,8 @@ Defects of the official code fixed here (spec §8.2), each also noted at the pla
 * no one-hot tensors and no loops over present classes: scatter_add / gather (§8.2.5, §8.2.7);
 * a class with no boundary (or no interior) pixels averages only its non-empty part (§8.2.9).
 """
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,7 @@ __all__ = [
     "response_distillation",
     "relation_distillation",
     "spatial_distillation",
+    "present_classes",
 ]
 
 
@@ -71,6 +74,21 @@ def label_boundaries(labels: torch.Tensor, width: int = 3, border: int = 0) -> t
         frame[:, border:-border, border:-border] = True
         edge = edge & frame
     return edge
+
+
+def present_classes(labels: torch.Tensor, num_classes: int, ignore_value: int = 255) -> torch.Tensor:
+    """Which classes each image's label map holds (``ignore_value`` and ids >= K are skipped).
+
+    Args:
+        labels: (B, h, w) int64.
+    Returns:
+        (B, K) bool.
+    """
+    flat = labels.flatten(1)
+    valid = (flat != ignore_value) & (flat >= 0) & (flat < num_classes)
+    index = torch.where(valid, flat, torch.zeros_like(flat))
+    counts = torch.zeros(flat.shape[0], num_classes, dtype=torch.int64, device=labels.device)
+    return counts.scatter_add_(1, index, valid.long()) > 0
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_value: int = 255) -> torch.Tensor:
@@ -167,7 +185,7 @@ def response_distillation(
     return (per_class * present).sum() / present.sum().clamp(min=1)
 
 
-def relation_distillation(student: torch.Tensor, teacher: torch.Tensor, tau: float = 15.0) -> torch.Tensor:
+def relation_distillation(student: torch.Tensor, teacher: torch.Tensor, tau: float = 15.0, present: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One-sided inter-prototype relation distillation L_sd (spec §4.3), unweighted.
 
     R(X)[b, i] = softmax_j(tau * <n(X_bi), sg(n(X_bj))>); loss = mean_{b,i} sum_{j != i}
@@ -175,25 +193,41 @@ def relation_distillation(student: torch.Tensor, teacher: torch.Tensor, tau: flo
 
     Args:
         student: (B, K, C) semantic prototypes S_p; teacher: (B, K, C) teacher prototypes (detached inside).
+        present: optional (B, K) bool: restrict rows and columns to these classes per image (spec §9.3.1:
+            classes without ground truth in the image, e.g. weak-shot novel classes, have no teacher
+            target); the softmax runs over the present j only and the mean over the present (b, i).
+            None = all K classes, as the official code.
     """
+    k = student.shape[1]
 
     def relation(x):
         x = F.normalize(x, dim=-1)
-        return F.softmax(tau * torch.einsum("bic,bjc->bij", x, x.detach()), dim=-1)
+        sim = tau * torch.einsum("bic,bjc->bij", x, x.detach())
+        if present is not None:
+            # finite fill: an image without present classes gives uniform (masked-out) rows, not NaN
+            sim = sim.masked_fill(~present[:, None, :], -1e4)
+        return F.softmax(sim, dim=-1)
 
-    k = student.shape[1]
     off_diagonal = 1 - torch.eye(k, device=student.device, dtype=student.dtype)
     gap = (relation(student) - relation(teacher.detach())).clamp(min=0) * off_diagonal
-    return gap.sum(-1).mean()
+    rows = gap.sum(-1)  # B, K
+    if present is None:
+        return rows.mean()
+    return (rows * present).sum() / present.sum().clamp(min=1)
 
 
-def spatial_distillation(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def spatial_distillation(student: torch.Tensor, teacher: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Spatial-domain distillation L_pd (spec §4.4), unweighted: channel-distribution cross-entropy.
 
     loss = mean_{b,k} -sum_c softmax_c(teacher[b, k]) log softmax_c(student[b, k]).
 
     Args:
         student: (B, K, C) spatial prototypes P_p; teacher: (B, K, C) teacher ones (detached inside).
+        present: optional (B, K) bool: average over these (image, class) pairs only (spec §9.3.1);
+            None = all, as the official code.
     """
     target = F.softmax(teacher.detach(), dim=-1)
-    return -(target * F.log_softmax(student, dim=-1)).sum(-1).mean()
+    per_class = -(target * F.log_softmax(student, dim=-1)).sum(-1)  # B, K
+    if present is None:
+        return per_class.mean()
+    return (per_class * present).sum() / present.sum().clamp(min=1)

@@ -5,7 +5,7 @@ class centres instead of the coarse mask, with its own fusion MLPs and projectio
 features, positional features, fixed prototypes and position basis with the student (passed in), is
 trained by its own CE + dice, and its outputs are the (detached) distillation targets.
 """
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -80,9 +80,12 @@ class SSATeacher(nn.Module):
     * S_hat = phi_hat_s([semantic centre ; prototype]) (prototype not detached, as the official code);
       P_hat = phi_hat_p([spatial centre ; basis]) (centre first, as the official code);
       O_hat = tau * cos(S_f + P_f, G_hat(S_hat + P_hat)).
+    * With ``semantic_gate`` (the student's residual update, spec §9.3.4) the teacher mirrors it:
+      S_hat = W + g_hat * phi_hat_s([semantic centre ; W]) with its own learnable scalar g_hat.
     """
 
-    def __init__(self, channels: int, num_classes: int, hidden_dim: int, tau: float = 15.0, ignore_value: int = 255):
+    def __init__(self, channels: int, num_classes: int, hidden_dim: int, tau: float = 15.0, ignore_value: int = 255, semantic_gate: Optional[float] = None):
+        """``semantic_gate``: None = official S_hat = phi_hat_s(...); a float = initial g_hat of the residual form."""
         super().__init__()
         self.num_classes = num_classes
         self.tau = tau
@@ -90,6 +93,7 @@ class SSATeacher(nn.Module):
         self.semantic_fuse = prototype_mlp(channels, hidden_dim)
         self.spatial_fuse = prototype_mlp(channels, hidden_dim)
         self.prototype_proj = nn.Linear(channels, channels, bias=False)
+        self.semantic_gate = None if semantic_gate is None else nn.Parameter(torch.tensor(float(semantic_gate)))
 
     def forward(self, features, position_features, pixels, pixel_inv_norm, prototypes, position_basis, labels):
         """
@@ -99,7 +103,7 @@ class SSATeacher(nn.Module):
             pixels: (B, C, h, w) pixel embeddings S_f + P_f and pixel_inv_norm (B, 1, h, w) their inverse
                 norms (computed once by the student).
             prototypes: (B, K, C) fixed prototypes W (expanded when shared by the batch).
-            position_basis: (K, C) position basis P.
+            position_basis: (K, C) position basis P, or (B, K, C) per image (derived from per-image prototypes).
             labels: (B, h, w) int64 ground truth at feature resolution.
         Returns:
             logits (B, K, h, w) O_hat, semantic prototypes (B, K, C) S_hat, spatial prototypes (B, K, C) P_hat.
@@ -109,10 +113,12 @@ class SSATeacher(nn.Module):
         sem_mean, sem_present = class_means(features, labels, k, self.ignore_value, per_image=False)
         sem_centre = torch.where(sem_present[None, :, None], sem_mean[None].expand(b, -1, -1), prototypes.detach())
         pos_mean, pos_present = class_means(position_features, labels, k, self.ignore_value, per_image=True)
-        basis = position_basis[None].expand(b, -1, -1)
+        basis = position_basis.expand(b, -1, -1) if position_basis.dim() == 3 else position_basis[None].expand(b, -1, -1)
         pos_centre = torch.where(pos_present[..., None], pos_mean, basis.detach())
 
         semantic = self.semantic_fuse(torch.cat([sem_centre, prototypes], dim=-1))
+        if self.semantic_gate is not None:
+            semantic = prototypes + self.semantic_gate * semantic
         spatial = self.spatial_fuse(torch.cat([pos_centre, basis], dim=-1))
         logits = cosine_logits(pixels, pixel_inv_norm, self.prototype_proj(semantic + spatial), self.tau)
         return logits, semantic, spatial

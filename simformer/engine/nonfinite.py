@@ -15,10 +15,10 @@ import time
 
 import torch
 import torch.distributed as dist
-from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 
-__all__ = ["NonFiniteLossError", "nonfinite_terms", "check_losses", "GuardedSimpleTrainer", "GuardedAMPTrainer"]
+__all__ = ["NonFiniteLossError", "nonfinite_terms", "check_losses", "GuardedSimpleTrainer"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -112,19 +112,3 @@ class GuardedSimpleTrainer(SimpleTrainer):
         losses.backward()
         self._write_metrics(loss_dict, data_time)
         self.optimizer.step()
-
-
-class GuardedAMPTrainer(AMPTrainer):
-    """``AMPTrainer`` with the same check (on the autocast losses, before the scaled backward)."""
-
-    def run_step(self):
-        assert self.model.training, "[GuardedAMPTrainer] model was changed to eval mode!"
-        assert torch.cuda.is_available(), "[GuardedAMPTrainer] CUDA is required for AMP training!"
-        from torch.cuda.amp import autocast
-
-        losses, loss_dict, data_time = _checked_forward(self, autocast())
-        self.optimizer.zero_grad()
-        self.grad_scaler.scale(losses).backward()
-        self._write_metrics(loss_dict, data_time)
-        self.grad_scaler.step(self.optimizer)
-        self.grad_scaler.update()

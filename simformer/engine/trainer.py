@@ -12,14 +12,18 @@ Reliability additions (over ``DefaultTrainer``):
 * non-finite losses are caught before backward (:mod:`simformer.engine.nonfinite`): the run saves
   ``model_before_nonfinite_iter<i>.pth`` (the state before step ``i``; ``--resume`` restarts at ``i``) and
   raises ``FloatingPointError`` naming the terms, or, with ``SOLVER.SKIP_NONFINITE_STEPS``, skips the
-  step with a warning and counts it (``nonfinite_skipped_steps`` in the metrics, a summary at the end).
+  step with a warning and counts it (``nonfinite_skipped_steps`` in the metrics, a summary at the end);
+* mixed precision on any device (``SOLVER.AMP.ENABLED`` / ``SOLVER.AMP.DTYPE``) through ``torch.autocast``
+  (:class:`~simformer.engine.amp.AutocastTrainer`), instead of detectron2 0.6's CUDA-only ``AMPTrainer``;
+* sliding-window evaluation (``TEST.SLIDING_WINDOW``): :meth:`Trainer.test` wraps the model in
+  :class:`~simformer.modeling.sliding_window.SlidingWindowInference`.
 """
 import logging
 import os
 import weakref
 
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer
+from detectron2.engine import DefaultTrainer
 from detectron2.engine import hooks as d2_hooks
 from detectron2.evaluation import DatasetEvaluators
 from detectron2.utils import comm
@@ -29,9 +33,11 @@ from ..data.dataset_mappers.sem_seg_mapper import SemSegTestMapper
 from ..evaluation import SemSegEvaluator
 from ..data.train_loader import ResumableTrainLoader, build_resumable_train_loader, check_dataset_names
 from ..evaluation.pseudo_labels import PseudoLabelWriter
+from ..modeling.sliding_window import SlidingWindowInference
 from .checkpoint import AtomicCheckpointer, capture_rng_states, restore_rng_states
 from .hooks import IterationSeed
-from .nonfinite import GuardedAMPTrainer, GuardedSimpleTrainer, NonFiniteLossError
+from .amp import AutocastTrainer, amp_dtype
+from .nonfinite import GuardedSimpleTrainer, NonFiniteLossError
 from .optimizer import build_optimizer, build_poly_lr_scheduler
 
 __all__ = ["Trainer"]
@@ -45,11 +51,23 @@ _D2_SAVES_OPTIMIZER = "state_dict" in DefaultTrainer.__dict__
 
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
+        amp = cfg.SOLVER.AMP.ENABLED
+        if amp:
+            amp_dtype(cfg.SOLVER.AMP.DTYPE)  # fail early on a bad key
+            # detectron2's AMPTrainer (CUDA-only, deprecated scaler API) is never built: AutocastTrainer below
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.AMP.ENABLED = False
         super().__init__(cfg)
+        if amp:
+            self.cfg = self.cfg.clone()
+            self.cfg.defrost()
+            self.cfg.SOLVER.AMP.ENABLED = True
+            self.cfg.freeze()
         # non-finite losses are caught before backward (same model / loader / optimizer)
         inner = self._trainer
-        if isinstance(inner, AMPTrainer):
-            self._trainer = GuardedAMPTrainer(inner.model, inner.data_loader, inner.optimizer, grad_scaler=inner.grad_scaler)
+        if amp:
+            self._trainer = AutocastTrainer(inner.model, inner.data_loader, inner.optimizer, dtype=self.cfg.SOLVER.AMP.DTYPE)
         else:
             self._trainer = GuardedSimpleTrainer(inner.model, inner.data_loader, inner.optimizer)
         # atomic checkpoints, also for the PeriodicCheckpointer hook built by DefaultTrainer
@@ -80,6 +98,13 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         tolerance = cfg.TEST.BOUNDARY_TOLERANCE or None
         return DatasetEvaluators([SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder, boundary_tolerance=tolerance)])
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """detectron2's evaluation; with ``TEST.SLIDING_WINDOW.ENABLED`` the model predicts window by window."""
+        if cfg.TEST.SLIDING_WINDOW.ENABLED:
+            model = SlidingWindowInference.from_config(cfg, getattr(model, "module", model))
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg, model):

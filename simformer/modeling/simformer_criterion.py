@@ -8,6 +8,9 @@ Last layer only, for batches of image pairs [A1, B1, A2, B2, ...]:
   loss_cro_sim -- SimNet trained on base pixel pairs across the two images (running class balance);
   loss_cro_dit -- SimNet's similarities of novel/unlabelled pixel pairs distilled into the novel
                   semantic masks of the segmentation model.
+Last layer only, any batch (optional):
+  loss_pixel_contrast -- cross-image pixel contrast on the mask features of labelled pixels (base classes
+                         by default), hard anchors from the detached semantic prediction (related_methods §D.3).
 
 Targets (per image) in addition to SetCriterion's: ``sem_seg_raw`` (H, W) int64 label map that may hold
 novel ids (ignore elsewhere; padding is ignore) and ``pad`` (H, W) bool.
@@ -17,7 +20,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch.nn import functional as F
 
-from .criterion import SetCriterion
+from ..inference import semantic_inference
+from .criterion import HOST_HAS_MASK, SetCriterion, host_has_mask
 from .losses.weakshot import (
     DISTILL_TARGETS,
     balanced_pair_loss,
@@ -32,10 +36,16 @@ from .losses.weakshot import (
     student_scores,
     student_similarity,
 )
+from .pixel_contrast_head import PixelContrast
 from .simnet import RunningPairBalance, SimNet
 
-__all__ = ["SimFormerCriterion"]
+__all__ = ["SimFormerCriterion", "CONTRAST_CLASSES"]
 
+# pixels contrasted: "base" = base classes with a mask target; "labelled" = every class with a mask target
+# (base + pseudo-labelled novel classes when retraining)
+CONTRAST_CLASSES = ("base", "labelled")
+
+_NOT_BASE_KEY = "_not_base_regions"  # per-step cache of the complementary-loss target on targets[0]
 _FILLER = -1.0e4  # mask logit of "no query" slots in the padded novel-mask tensor (below any floor)
 
 
@@ -63,8 +73,16 @@ class SimFormerCriterion(SetCriterion):
         base_detach: bool = True,
         teacher_detach: bool = True,
         balance: Optional[RunningPairBalance] = None,
+        pixel_contrast: Optional[PixelContrast] = None,
+        contrast_classes: str = "base",
+        num_points: int = 0,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
     ):
-        super().__init__(num_classes, matcher, eos_coef)
+        # num_points / oversample_ratio / importance_sample_ratio: SetCriterion's point-sampled mask losses
+        super().__init__(num_classes, matcher, eos_coef, num_points=num_points, oversample_ratio=oversample_ratio, importance_sample_ratio=importance_sample_ratio)
+        if contrast_classes not in CONTRAST_CLASSES:
+            raise ValueError(f"MODEL.SIMFORMER.PIXEL_CONTRAST.CLASSES must be one of {CONTRAST_CLASSES}, got {contrast_classes!r}")
         if distill and simnet is None:
             raise ValueError("similarity distillation needs SimNet: set MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS > 0")
         if distill_to not in DISTILL_TARGETS:
@@ -89,48 +107,67 @@ class SimFormerCriterion(SetCriterion):
         self.base_points, self.novel_points = base_points, novel_points
         self.positive_fraction = positive_fraction
         self.base_detach, self.teacher_detach = base_detach, teacher_detach
+        self.pixel_contrast = pixel_contrast
+        self.contrast_classes = contrast_classes
         self.register_buffer("novel_ids", torch.as_tensor(novel, dtype=torch.int64), persistent=False)
         is_novel = torch.zeros(max(num_classes, ignore_label + 1), dtype=torch.bool)
         is_novel[novel] = True
         self.register_buffer("is_novel_lut", is_novel, persistent=False)
 
     # ------------------------------------------------------------------ per-layer terms
-    def _layer_losses(self, outputs, targets, num_masks):
-        indices = self.matcher(outputs, targets)
-        losses = {}
-        for name in self.losses:
-            losses.update(getattr(self, f"loss_{name}")(outputs, targets, indices, num_masks))
+    def _layer_losses(self, outputs, targets, num_masks, indices=None):
+        if indices is None:  # SetCriterion.forward passes the matches of all layers (one host copy)
+            indices = self.matcher(outputs, targets)
+        losses = super()._layer_losses(outputs, targets, num_masks, indices=indices)
         if self.comp_loss:
             losses.update(self.loss_complementary(outputs, targets, indices))
         return losses
 
     def loss_complementary(self, outputs, targets, indices):
-        """loss_comp of one decoder layer (spec §4.3)."""
+        """loss_comp of one decoder layer (spec §4.3).
+
+        The bookkeeping (which matched queries are novel, their slot per image) runs on the host from the
+        matcher's CPU indices and ``has_mask_host``, so it costs no device sync; the not-base regions are
+        computed once per step (cached on the targets) and shared by every layer.
+        """
         pred_masks = outputs["pred_masks"]
         device = pred_masks.device
-        batch_idx, src_idx, tgt_idx = self._matched(targets, indices, None, device)
-        has_mask = torch.cat([t["has_mask"][j.to(t["has_mask"].device)] for t, (_, j) in zip(targets, indices)]).to(device)
-        novel = ~has_mask
-        if not bool(novel.any()):
+        b_idx, q_idx, rows = [], [], []
+        for b, (t, (i, j)) in enumerate(zip(targets, indices)):
+            flags = (t[HOST_HAS_MASK] if HOST_HAS_MASK in t else host_has_mask([t])[0]).numpy()
+            novel = ~flags[j.cpu().numpy()]
+            if novel.any():
+                q_idx.append(i.cpu()[torch.from_numpy(novel)])
+                b_idx.append(torch.full_like(q_idx[-1], b))
+                rows.append(b)
+        if not rows:
             return {"loss_comp": pred_masks.sum() * 0.0}
-        b_idx, q_idx = batch_idx[novel], src_idx[novel]  # grouped by image (indices are concatenated per image)
-        images, counts = torch.unique_consecutive(b_idx, return_counts=True)
-        slot = torch.arange(len(b_idx), device=device) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        row = torch.repeat_interleave(torch.arange(len(images), device=device), counts)
+        counts = torch.tensor([len(q) for q in q_idx])
+        slot = torch.cat([torch.arange(n) for n in counts.tolist()])  # host: position of the query in its image
+        row = torch.repeat_interleave(torch.arange(len(rows)), counts)
+        b_idx, q_idx = torch.cat(b_idx).to(device), torch.cat(q_idx).to(device)
         h, w = targets[0]["masks"].shape[-2:]
         logits = F.interpolate(pred_masks[b_idx, q_idx][:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        padded = logits.new_full((len(images), int(counts.max()), h * w), _FILLER)
-        padded = padded.index_put((row, slot), logits.flatten(1))
+        padded = logits.new_full((len(rows), int(counts.max()), h * w), _FILLER)
+        padded = padded.index_put((row.to(device), slot.to(device)), logits.flatten(1))
         region = complementary_region_logits(padded, self.ignore_proposal_logit)
-        target = torch.stack([self._not_base_region(targets[int(i)]) for i in images.tolist()]).flatten(1)
+        target = self._not_base_regions(targets)[torch.tensor(rows, device=device)].flatten(1)
         return {"loss_comp": complementary_loss(region, target, self.comp_focal_weight, self.comp_dice_weight)}
 
     @staticmethod
-    def _not_base_region(target):
-        """(H, W) float: 1 outside every has-mask target and outside the padding."""
-        masks = target["masks"][target["has_mask"]]
-        outside = (~target["pad"]).to(torch.float32)
-        return outside * (1.0 - masks.amax(dim=0)) if len(masks) else outside
+    def _not_base_regions(targets):
+        """(B, H, W) float: 1 outside every has-mask target and outside the padding (cached on targets[0])."""
+        cached = targets[0].get(_NOT_BASE_KEY)
+        if cached is not None:
+            return cached
+        regions = []
+        for t in targets:  # one pass per step, not per layer; masks per image differ in number
+            outside = (~t["pad"]).to(torch.float32)
+            masks = t["masks"] * t["has_mask"].to(t["masks"].dtype)[:, None, None]
+            regions.append(outside * (1.0 - masks.amax(dim=0)) if len(masks) else outside)
+        regions = torch.stack(regions)
+        targets[0][_NOT_BASE_KEY] = regions
+        return regions
 
     # ------------------------------------------------------------------ cross-image terms
     def _low_res_labels(self, targets, size):
@@ -197,8 +234,38 @@ class SimFormerCriterion(SetCriterion):
             losses["loss_cro_dit"] = distillation_loss(teacher, student, shares_novel, self.distill_fn)
         return losses
 
+    # ------------------------------------------------------------------ pixel contrast
+    def contrast_labels(self, targets) -> torch.Tensor:
+        """(B, H, W) int64: the class of every pixel to contrast, -1 elsewhere.
+
+        A pixel is used when its ``sem_seg_raw`` class has a mask target in its image (never a novel class
+        with image-level labels only, nor ignore / padding) and, with CLASSES "base", is not a novel class.
+        """
+        if "sem_seg_raw" not in targets[0]:
+            raise KeyError("pixel contrast needs 'sem_seg_raw' label maps (use a weak-shot mapper)")
+        raw = torch.stack([t["sem_seg_raw"] for t in targets])
+        labelled = self._presence(targets, True, raw.device)  # (B, K)
+        if self.contrast_classes == "base":
+            labelled = labelled & ~self.is_novel_lut[: self.num_classes]
+        in_range = (raw >= 0) & (raw < self.num_classes)
+        cls = raw.clamp(0, self.num_classes - 1)
+        image = torch.arange(len(targets), device=raw.device)[:, None, None]
+        return torch.where(in_range & labelled[image, cls], cls, -1)
+
+    def pixel_contrast_losses(self, outputs, targets) -> Dict[str, torch.Tensor]:
+        """loss_pixel_contrast on the last layer's mask features; hard anchors = misclassified by the
+        detached semantic prediction of the last layer (at mask-feature resolution)."""
+        pred = None
+        if self.pixel_contrast.hard_anchors:
+            with torch.no_grad():
+                pred = semantic_inference(outputs["pred_logits"].detach(), outputs["pred_masks"].detach()).argmax(dim=1)
+        loss = self.pixel_contrast(outputs["mask_features"], self.contrast_labels(targets), pred)
+        return {"loss_pixel_contrast": loss}
+
     def forward(self, outputs: Dict, targets: List[Dict]) -> Dict[str, torch.Tensor]:
         losses = super().forward(outputs, targets)
         if self.simnet is not None:
             losses.update(self.cross_image_losses(outputs, targets))
+        if self.pixel_contrast is not None:
+            losses.update(self.pixel_contrast_losses(outputs, targets))
         return losses

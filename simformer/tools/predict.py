@@ -196,6 +196,7 @@ class Predictor:
         from detectron2.modeling import build_model
 
         from ..data.dataset_mappers.sem_seg_mapper import SemSegTestMapper
+        from ..modeling.sliding_window import SlidingWindowInference
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -219,6 +220,8 @@ class Predictor:
         if missing:
             logger.warning(f"{len(missing)} model parameters are not in {weights} (e.g. {missing[:3]}): do the config and the weights match?")
         self.resize = SemSegTestMapper(cfg).resize
+        # TEST.SLIDING_WINDOW: images larger than the window are predicted window by window (windows batched)
+        self.runner = SlidingWindowInference.from_config(cfg, self.model) if cfg.TEST.SLIDING_WINDOW.ENABLED else self.model
         self.input_format = cfg.INPUT.FORMAT
         self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
 
@@ -245,17 +248,10 @@ class Predictor:
 
         Only inputs of the same size share a forward pass: padding images to a common size would change
         what the transformer decoder attends to, so a batch gives the same labels as one image at a time."""
-        import torch
+        from ..engine.predictor import run_grouped
 
-        by_shape: Dict[tuple, List[int]] = {}
-        for i, x in enumerate(inputs):
-            by_shape.setdefault(tuple(x["image"].shape), []).append(i)
-        out: List[Optional[np.ndarray]] = [None] * len(inputs)
-        with torch.no_grad():
-            for idx in by_shape.values():
-                for i, o in zip(idx, self.model([inputs[i] for i in idx])):
-                    out[i] = upsample_argmax(o["sem_seg"], *sizes[i]).cpu().numpy().astype(np.int64)
-        return out
+        results = run_grouped(self.runner, inputs, max(1, len(inputs)), windowed=self.runner is not self.model)
+        return [upsample_argmax(o["sem_seg"], *size).cpu().numpy().astype(np.int64) for o, size in zip(results, sizes)]
 
     def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
         """(H, W, 3) uint8 RGB arrays -> (H, W) int64 predicted train ids."""

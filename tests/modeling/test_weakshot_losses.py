@@ -188,3 +188,34 @@ def test_distillation_loss_only_pairs_sharing_a_novel_class():
     assert zero.item() == 0.0
     one = distillation_loss(teacher, student, torch.tensor([True, False]), "cce")
     assert one.detach().item() == pytest.approx(float(parse_distill_func("cce")(teacher[0], student[0].detach()).mean()), rel=1e-6)
+
+
+def test_criterion_complementary_loss_matches_a_per_image_reference():
+    """SimFormerCriterion.loss_complementary (host bookkeeping, cached regions) equals the loss built image
+    by image: image 0 has two novel-matched queries, image 1 none, image 2 one; padding is excluded."""
+    from simformer.modeling.matcher import HungarianMatcher
+    from simformer.modeling.simformer_criterion import SimFormerCriterion
+
+    torch.manual_seed(0)
+    crit = SimFormerCriterion(4, HungarianMatcher(), 0.1, novel_class_ids=[3], comp_loss=True)
+    h = w = 8
+    pred = torch.randn(3, 5, 4, 4) * 3
+    masks = torch.zeros(3, 3, h, w)
+    masks[:, 0, :4] = 1.0  # a base mask in the top half of every image
+    has_mask = torch.tensor([[True, False, False], [True, True, True], [True, False, True]])
+    targets = []
+    for b in range(3):
+        pad = torch.zeros(h, w, dtype=torch.bool)
+        pad[:, -2:] = b == 2
+        targets.append({"labels": torch.tensor([0, 3, 3]), "masks": masks[b], "has_mask": has_mask[b], "pad": pad})
+    indices = [(torch.tensor([4, 1, 2]), torch.tensor([0, 1, 2])), (torch.tensor([0]), torch.tensor([1])), (torch.tensor([3, 0]), torch.tensor([1, 0]))]
+    got = crit.loss_complementary({"pred_masks": pred}, targets, indices)["loss_comp"]
+    up = torch.nn.functional.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
+    regions, goals = [], []
+    for b, queries in ((0, [1, 2]), (2, [3])):
+        regions.append(complementary_region_logits(up[b, queries].flatten(1)[None], FLOOR)[0])
+        goals.append(((1 - masks[b, 0]) * (~targets[b]["pad"]).float()).flatten())
+    want = complementary_loss(torch.stack(regions), torch.stack(goals))
+    assert torch.allclose(got, want, rtol=1e-5), (got, want)
+    # a second layer reuses the cached not-base regions and gives the same value for the same logits
+    assert torch.allclose(crit.loss_complementary({"pred_masks": pred}, targets, indices)["loss_comp"], want, rtol=1e-5)

@@ -1,4 +1,5 @@
 from .build import CLASSIFIER_REGISTRY, build_classifier
+from .ccs import CCSClassifier
 from .linear import LinearClassifier
 from .ssa import SSAClassifier
 

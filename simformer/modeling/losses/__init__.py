@@ -6,6 +6,7 @@ from .mask import (
     dice_loss,
     sigmoid_focal_loss,
 )
+from .pixel_contrast import group_ranks, pixel_contrast_loss, ring_buffer_slots, sample_anchors
 
 __all__ = [
     "weighted_cross_entropy",
@@ -13,4 +14,8 @@ __all__ = [
     "batch_sigmoid_focal_cost",
     "dice_loss",
     "sigmoid_focal_loss",
+    "group_ranks",
+    "pixel_contrast_loss",
+    "ring_buffer_slots",
+    "sample_anchors",
 ]

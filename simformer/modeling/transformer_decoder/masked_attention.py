@@ -144,12 +144,13 @@ class MaskedAttentionTransformerDecoder(nn.Module):
 
     def _predict(self, tgt, mask_features, attn_size, with_logits: bool):
         """Queries (B, Q, C) -> (class logits (B, Q, K+1) or None, mask logits (B, Q, H', W'), attention
-        mask for the next layer at ``attn_size`` or None)."""
+        mask for the next layer at ``attn_size`` or None, mask embeddings (B, Q, D))."""
         x = self.decoder_norm(tgt)
         logits = self.class_embed(x) if (with_logits and self.mask_classification) else None
-        masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
+        embed = self.mask_embed(x)
+        masks = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
         attn_mask = build_attention_mask(masks, attn_size, self.num_heads, self.mask_threshold) if attn_size is not None else None
-        return logits, masks, attn_mask
+        return logits, masks, attn_mask, embed
 
     def forward(self, x, mask_features, mask=None, multi_scale_features: Optional[List[torch.Tensor]] = None):
         """``x`` and ``mask`` (the single-map inputs of StandardTransformerDecoder) are ignored: the
@@ -173,7 +174,7 @@ class MaskedAttentionTransformerDecoder(nn.Module):
         # indices of the predictions P_0..P_L returned as aux outputs (L - 1 of them, see module docstring)
         aux_ids = set(range(0, self.num_layers - 1) if self.supervise_initial else range(1, self.num_layers)) if keep_aux else set()
         aux_outputs = []
-        logits, masks, attn_mask = self._predict(tgt, mask_features, sizes[0], with_logits=0 in aux_ids)
+        logits, masks, attn_mask, embed = self._predict(tgt, mask_features, sizes[0], with_logits=0 in aux_ids)
         if 0 in aux_ids:
             aux_outputs.append({"pred_masks": masks, "pred_logits": logits})
         for i, layer in enumerate(self.layers):
@@ -181,11 +182,11 @@ class MaskedAttentionTransformerDecoder(nn.Module):
             tgt = layer(tgt, memories[lvl], attn_mask=attn_mask, pos=positions[lvl], query_pos=query_pos)
             last = i == self.num_layers - 1
             next_size = None if last else sizes[(i + 1) % self.num_feature_levels]
-            logits, masks, attn_mask = self._predict(tgt, mask_features, next_size, with_logits=last or (i + 1) in aux_ids)
+            logits, masks, attn_mask, embed = self._predict(tgt, mask_features, next_size, with_logits=last or (i + 1) in aux_ids)
             if (i + 1) in aux_ids:
                 aux_outputs.append({"pred_masks": masks, "pred_logits": logits})
 
-        out = {"pred_masks": masks}
+        out = {"pred_masks": masks, "mask_embed": embed}  # mask_embed (B, Q, D): final prediction
         if logits is not None:
             out["pred_logits"] = logits
         if keep_aux:

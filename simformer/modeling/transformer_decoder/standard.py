@@ -53,7 +53,7 @@ class MLP(nn.Module):
 class StandardTransformerDecoder(nn.Module):
     """Inputs: ``x`` (B, C_in, h, w) features (res5 or the pixel decoder's transformer-encoder output),
     ``mask_features`` (B, D, H', W'). Outputs per layer: class logits (B, Q, K+1) and mask logits
-    m_q(p) = <e_q, F(p)> (B, Q, H', W')."""
+    m_q(p) = <e_q, F(p)> (B, Q, H', W'); the final layer's mask embeddings e_q (B, Q, D) as ``mask_embed``."""
 
     @configurable
     def __init__(self, in_channels, *, num_classes, hidden_dim, num_queries, nheads, dropout, dim_feedforward, dec_layers, pre_norm, mask_dim, enforce_input_project, deep_supervision=True, mask_classification=True):
@@ -99,7 +99,7 @@ class StandardTransformerDecoder(nn.Module):
         mask_embed = self.mask_embed(hs)  # (L, B, Q, D)
         pred_masks = torch.einsum("lbqc,bchw->lbqhw", mask_embed, mask_features)
         pred_logits = self.class_embed(hs) if self.mask_classification else None  # (L, B, Q, K+1)
-        out = {"pred_masks": pred_masks[-1]}
+        out = {"pred_masks": pred_masks[-1], "mask_embed": mask_embed[-1]}  # mask_embed (B, Q, D): final layer
         if pred_logits is not None:
             out["pred_logits"] = pred_logits[-1]
         if self.aux_loss and self.training:
