@@ -25,6 +25,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout", "hypothesis"],
+        # peer model of benchmarks/bench_vs_hf_maskformer.py only (transformers does not pull in torch)
+        "bench": ["transformers>=4.40"],
     },
     entry_points={
         "console_scripts": [

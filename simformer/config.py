@@ -316,6 +316,8 @@ def add_simformer_config(cfg):
     cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NOVEL_WEIGHT = 0.0
     # Semantic map of inference: "maskformer" = sum_q p_q(k) sigmoid(m_q); "pixel" = softmax of the pixel
     # classifier's logits; "fusion" = maskformer^(1 - FUSION_WEIGHT) * pixel^FUSION_WEIGHT (weighted geometric mean).
+    # Any other than "maskformer" needs NAME. On the synthetic weak-shot ablation (README) "pixel" was best with SSA,
+    # "fusion" with CCS: set it in the config that turns the classifier on (configs/synthetic/simformer/seg_ssa.yaml).
     cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.SEMANTIC_MAP = "maskformer"
     # Exponent of the pixel map in the "fusion" semantic map, in [0, 1].
     cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.FUSION_WEIGHT = 0.5

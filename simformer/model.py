@@ -142,7 +142,7 @@ class MaskFormer(nn.Module):
         if self.semantic_map == "pixel":
             return pixel_class_scores(outputs["pixel_logits"], size)
         mask_pred = F.interpolate(outputs["pred_masks"], size=size, mode="bilinear", align_corners=False)
-        scores = semantic_inference(outputs["pred_logits"], mask_pred)
+        scores = semantic_inference(outputs["pred_logits"], mask_pred, inplace=not torch.is_grad_enabled())
         if self.semantic_map == "fusion":
             return fuse_semantic_maps(scores, pixel_class_scores(outputs["pixel_logits"], size), self.fusion_weight)
         return scores

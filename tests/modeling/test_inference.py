@@ -32,3 +32,15 @@ def test_postprocess_crops_padding_then_resizes():
     result[0, :4, :6] = 1.0  # valid region is 4x6, the rest is padding
     out = postprocess_sem_seg(result, (4, 6), 8, 12)
     assert out.shape == (1, 8, 12) and torch.allclose(out, torch.ones(1, 8, 12))
+
+
+def test_semantic_inference_in_place_equals_copy():
+    torch.manual_seed(0)
+    cls, masks = torch.randn(2, 5, 4), torch.randn(2, 5, 6, 7)
+    want = semantic_inference(cls, masks)
+    work = masks.clone()
+    got = semantic_inference(cls, work, inplace=True)
+    assert torch.allclose(got, want) and torch.allclose(work, masks.sigmoid())  # the input became probabilities
+    half = masks.half()
+    semantic_inference(cls, half, inplace=True)
+    assert torch.equal(half, masks.half())  # not float32: never modified

@@ -1,0 +1,211 @@
+"""The benchmarks' measuring code on tiny inputs: FLOP counts, peak memory, subprocess workers, growth.
+
+Timings are not asserted (they belong to the benchmarks); what is asserted are values that must hold on
+any machine: FLOPs grow with pixels, a known allocation shows in the peak, the gradient + AdamW state is
+3 x the parameters, both MaskFormers have the same parameter count.
+"""
+import argparse
+import importlib
+import os
+import sys
+
+import pytest
+import torch
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+M = importlib.import_module("_measure")
+bench_flops = importlib.import_module("bench_flops")
+bench_scaling = importlib.import_module("bench_scaling")
+bench_vs_hf = importlib.import_module("bench_vs_hf_maskformer")
+
+linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak-RSS reset needs Linux /proc")
+
+
+# ---------------------------------------------------------------- _measure
+def test_block_label_map_has_exactly_the_requested_classes():
+    g = torch.Generator().manual_seed(0)
+    label = M.block_label_map(37, 171, 8, 4, g)
+    assert label.shape == (37, 37) and label.dtype == torch.int64
+    assert len(torch.unique(label)) == 8
+    assert int(label.max()) < 171
+
+
+def test_weakshot_pairs_mark_novel_targets_without_masks():
+    novel = [1, 2, 3]
+    batch = M.weakshot_pair_batch(2, 16, 12, novel, classes_per_image=6, grid=3)
+    assert len(batch) == 2 and all("pair" in x for x in batch)
+    for x in batch + [x["pair"] for x in batch]:
+        inst = x["instances"]
+        is_novel = torch.isin(inst.gt_classes, torch.tensor(novel))
+        assert torch.equal(inst.gt_has_mask, ~is_novel)
+        assert not inst.gt_masks[is_novel].any()
+        assert not torch.isin(x["sem_seg"], torch.tensor(novel)).any()
+        assert torch.equal(torch.unique(x["sem_seg_raw"]).sort().values, inst.gt_classes.sort().values)
+
+
+PEAK_PROBE = """
+import sys, torch
+sys.path.insert(0, {bench!r})
+import _measure as M
+with M.PeakMemory(torch.device("cpu")) as mem:
+    x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    del x
+assert "VmHWM" in mem.method, mem.method
+assert mem.delta >= 60 * M.MIB, mem.delta
+assert M.current_rss() < mem.peak
+print("ok")
+"""
+
+
+@linux_only
+def test_peak_memory_sees_a_transient_allocation():
+    """In a fresh process: inside a long test session the allocator may reuse resident pages."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", PEAK_PROBE.format(bench=BENCHMARKS)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_interleaved_alternates_order_and_drops_warmup():
+    calls = []
+    times = M.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1, device=torch.device("cpu"))
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [len(v["wall"]) for v in times.values()] == [3, 3] and [len(v["cpu"]) for v in times.values()] == [3, 3]
+
+
+def test_growth_exponent():
+    rows = bench_scaling.growth([1.0, 4.0, 16.0], [2.0, 8.0, 64.0])
+    assert [r["y_ratio"] for r in rows] == [4.0, 8.0]
+    assert rows[0]["exponent"] == pytest.approx(1.0) and rows[1]["exponent"] == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------- bench_flops
+@pytest.fixture(scope="module")
+def r18_model():
+    import simformer  # noqa: F401
+    from detectron2.modeling import build_model
+
+    cfg = M.build_cfg(M.R18_SYNTHETIC_CONFIG, [])
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+def test_flops_grow_with_pixels_and_leave_the_model_unchanged(r18_model):
+    k = r18_model.sem_seg_head.num_classes
+    before = {n: v.clone() for n, v in r18_model.state_dict().items()}
+    small = bench_flops.training_forward_flops(r18_model, M.maskformer_batch(2, 64, k))
+    large = bench_flops.training_forward_flops(r18_model, M.maskformer_batch(2, 128, k))
+    # convolutions, cross-attention and mask products are linear in pixels; the queries' part is constant
+    assert 3.3 < large / small <= 4.0
+    infer_small = bench_flops.inference_flops(r18_model, M.inference_inputs(M.maskformer_batch(1, 64, k)))
+    infer_large = bench_flops.inference_flops(r18_model, M.inference_inputs(M.maskformer_batch(1, 128, k)))
+    assert 3.3 < infer_large / infer_small <= 4.0
+    # batch 2 with deep supervision (every layer's masks) costs more than twice one eval forward
+    assert small > 2 * infer_small
+    after = r18_model.state_dict()
+    assert all(torch.equal(before[n], after[n]) for n in before)  # BN statistics restored after tracing
+
+
+def test_flops_case_and_fractions():
+    rates = bench_flops.matmul_throughput(128, repeats=2)
+    assert set(rates) == {"torch.mm", "1x1 conv", "3x3 conv"} and all(r["wall"] > 0 and r["cpu"] > 0 for r in rates.values())
+    peak = bench_flops.peak_of(rates, {"other": {"wall": 1e18, "cpu": 1.0}})
+    assert peak["wall"] == 1e18 and peak["cpu"] == max(r["cpu"] for r in rates.values())
+    config_file, opts, size, batch = bench_flops.case_setup("r18-synthetic", quick=True, opts=[])
+    r = bench_flops.measure_case(config_file, opts, 32, 2, steps=1, warmup=0)
+    assert r["size"] == 32 and r["batch"] == 2 and r["train_s"] > 0 and r["infer_s"] > 0
+    f = bench_flops.fractions(r, peak)
+    assert f["train_rate"] == pytest.approx(r["train_flops"] / r["train_s"])
+    assert f["train_fraction"] == pytest.approx(f["train_rate"] / peak["wall"])
+    assert f["infer_cpu_fraction"] == pytest.approx(r["infer_flops"] / r["infer_cpu_s"] / peak["cpu"])
+    with pytest.raises(ValueError, match="unknown case"):
+        bench_flops.case_setup("r101", quick=True, opts=[])
+
+
+def test_train_step_follows_solver_amp(r18_model):
+    """--ours-opts SOLVER.AMP.ENABLED True must reach the measured step (the trainer is not used there)."""
+    cfg = M.build_cfg(M.R18_SYNTHETIC_CONFIG, ["SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.DTYPE", "bfloat16"])
+    dtypes = []
+    hook = r18_model.backbone.res2.register_forward_hook(lambda mod, inp, out: dtypes.append(out.dtype))
+    optimizer = torch.optim.SGD(r18_model.parameters(), lr=0.0)
+    try:
+        M.train_step_fn(r18_model, optimizer, M.maskformer_batch(1, 64, 12), cfg)()
+        M.train_step_fn(r18_model, optimizer, M.maskformer_batch(1, 64, 12))()
+    finally:
+        hook.remove()
+    assert dtypes == [torch.bfloat16, torch.float32]
+
+
+# ---------------------------------------------------------------- bench_scaling (subprocess workers)
+def _scaling_args():
+    return argparse.Namespace(steps=1, warmup=1, threads=1, opts=[])
+
+
+@linux_only
+def test_scaling_size_point_in_a_subprocess():
+    r = bench_scaling.run_point({"kind": "size", "size": 64, "batch": 1}, _scaling_args())
+    assert r["step_s"] > 0 and r["cpu_s"] > 0 and r["images"] == 1
+    assert r["peak"] >= r["baseline"] > 0
+    # gradients + AdamW's two moments (+ one step counter per tensor): 3 x fp32 parameters, all trainable
+    assert 12 * r["params"] <= r["state"] <= 12 * r["params"] + 4096
+    assert r["delta"] > r["state"]  # they were allocated during the measured steps
+
+
+@linux_only
+def test_scaling_pair_points_in_subprocesses():
+    args = _scaling_args()
+    crosim = bench_scaling.run_point({"kind": "pairs", "size": 64, "pairs": 1, "crosim": True}, args)
+    plain = bench_scaling.run_point({"kind": "pairs", "size": 64, "pairs": 1, "crosim": False}, args)
+    assert crosim["images"] == plain["images"] == 2
+    assert crosim["step_s"] > 0 and plain["step_s"] > 0
+    assert crosim["params"] > plain["params"]  # SimNet
+
+
+def test_worker_failure_names_the_task():
+    with pytest.raises(RuntimeError, match="'kind': 'nope'"):
+        bench_scaling.run_point({"kind": "nope"}, _scaling_args())
+
+
+# ---------------------------------------------------------------- bench_vs_hf_maskformer
+def _vs_args(**kw):
+    args = bench_vs_hf.parse_args(["--quick", "--threads", "1"])
+    args.size = 64
+    vars(args).update(kw)
+    return args
+
+
+def test_ours_side_is_configured_like_the_peer():
+    args = _vs_args()
+    cfg = bench_vs_hf.ours_cfg(args)
+    mf = cfg.MODEL.MASK_FORMER
+    assert (mf.NUM_OBJECT_QUERIES, mf.DEC_LAYERS, mf.HIDDEN_DIM, mf.DIM_FEEDFORWARD, mf.DEEP_SUPERVISION) == (100, 6, 256, 2048, True)
+    assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NORM, cfg.MODEL.WEIGHTS) == (50, "BN", "")
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == args.num_classes
+    step, infer, extra = bench_vs_hf.build_side("ours", args)
+    step()
+    out = infer()
+    assert out[0]["sem_seg"].shape == (args.num_classes, 64, 64)
+    assert extra["model"].training  # inference puts it back in training mode
+    with pytest.raises(SystemExit):
+        bench_vs_hf.parse_args(["--ours-opts", "MODEL.MASK_FORMER.DEC_LAYERS"])
+
+
+@linux_only
+def test_ours_memory_worker():
+    r = bench_vs_hf.memory_of("ours", "train", _vs_args())
+    assert r["peak"] >= r["baseline"] > 0 and r["delta"] > 0
+
+
+def test_peer_has_the_same_architecture():
+    pytest.importorskip("transformers", reason="the peer benchmark needs `pip install -e .[bench]`")
+    args = _vs_args()
+    cfg = bench_vs_hf.ours_cfg(args)
+    ours, _ = bench_vs_hf.build_ours(cfg)
+    peer_step, peer_infer, peer = bench_vs_hf.build_side("peer", args)
+    for name, a, b in bench_vs_hf.parameter_rows(ours, peer["model"]):
+        assert a == b, name
+    peer_step()
+    # final prediction + 6 deep-supervision slots (HF also supervises the decoder input) x 3 terms
+    assert len(peer["steps"].loss_names) == 21
+    assert peer_infer()[0].shape == (64, 64)
