@@ -17,6 +17,7 @@ novel ids (ignore elsewhere; padding is ignore) and ``pad`` (H, W) bool.
 """
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -133,22 +134,22 @@ class SimFormerCriterion(SetCriterion):
         pred_masks = outputs["pred_masks"]
         device = pred_masks.device
         b_idx, q_idx, rows = [], [], []
-        for b, (t, (i, j)) in enumerate(zip(targets, indices)):
+        for b, (t, (i, j)) in enumerate(zip(targets, indices)):  # numpy on the host: no device work, no sync
             flags = (t[HOST_HAS_MASK] if HOST_HAS_MASK in t else host_has_mask([t])[0]).numpy()
             novel = ~flags[j.cpu().numpy()]
             if novel.any():
-                q_idx.append(i.cpu()[torch.from_numpy(novel)])
-                b_idx.append(torch.full_like(q_idx[-1], b))
+                q_idx.append(i.cpu().numpy()[novel])
+                b_idx.append(np.full(len(q_idx[-1]), b))
                 rows.append(b)
         if not rows:
             return {"loss_comp": pred_masks.sum() * 0.0}
-        counts = torch.tensor([len(q) for q in q_idx])
-        slot = torch.cat([torch.arange(n) for n in counts.tolist()])  # host: position of the query in its image
-        row = torch.repeat_interleave(torch.arange(len(rows)), counts)
-        b_idx, q_idx = torch.cat(b_idx).to(device), torch.cat(q_idx).to(device)
+        counts = [len(q) for q in q_idx]
+        slot = torch.from_numpy(np.concatenate([np.arange(n) for n in counts]))  # position of the query in its image
+        row = torch.from_numpy(np.repeat(np.arange(len(rows)), counts))
+        b_idx, q_idx = torch.from_numpy(np.concatenate(b_idx)).to(device), torch.from_numpy(np.concatenate(q_idx)).to(device)
         h, w = targets[0]["masks"].shape[-2:]
         logits = F.interpolate(pred_masks[b_idx, q_idx][:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-        padded = logits.new_full((len(rows), int(counts.max()), h * w), _FILLER)
+        padded = logits.new_full((len(rows), max(counts), h * w), _FILLER)
         padded = padded.index_put((row.to(device), slot.to(device)), logits.flatten(1))
         region = complementary_region_logits(padded, self.ignore_proposal_logit)
         target = self._not_base_regions(targets)[torch.tensor(rows, device=device)].flatten(1)

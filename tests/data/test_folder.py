@@ -1,6 +1,5 @@
 """Tests of register_sem_seg_folder / load_sem_seg_folder (simformer/data/datasets/folder.py)."""
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -33,16 +32,6 @@ def folders(tmp_path):
     _write(labels, ["a", "b"], label=True)
     _write(labels, ["c"], label=True, size=(5, 7))
     return images, labels
-
-
-@pytest.fixture
-def name():
-    """A fresh dataset name, unregistered afterwards."""
-    n = f"test_folder_{uuid.uuid4().hex[:8]}"
-    yield n
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if n in catalog.list():
-            catalog.remove(n)
 
 
 def test_load_sorted_dicts(folders):

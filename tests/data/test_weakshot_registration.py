@@ -1,7 +1,6 @@
 """register_simulated_weakshot / register_real_weakshot (simformer/data/datasets/weakshot.py)."""
 import json
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -39,16 +38,6 @@ def data(tmp_path):
     _write_labels(full, FULL)
     _write_labels(base_only, FULL, hide=(2, 3))
     return tmp_path, images, full, base_only
-
-
-@pytest.fixture
-def name():
-    """A fresh dataset name, unregistered afterwards."""
-    n = f"test_ws_{uuid.uuid4().hex[:8]}"
-    yield n
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if n in catalog.list():
-            catalog.remove(n)
 
 
 def _write_json(path, tags):

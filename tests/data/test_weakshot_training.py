@@ -1,7 +1,6 @@
 """A few MaskFormer training steps on simulated and on real weak-shot data (registration -> mapper -> model)."""
 import json
 import os
-import uuid
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 from PIL import Image
 
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from simformer import add_simformer_config
 from simformer.data.dataset_mappers import build_mapper
@@ -64,15 +63,6 @@ def data(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("ws_train"))
     _write_dataset(root)
     return root
-
-
-@pytest.fixture
-def name():
-    n = f"test_wst_{uuid.uuid4().hex[:8]}"
-    yield n
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if n in catalog.list():
-            catalog.remove(n)
 
 
 def _cfg(train_name, mapper_name):

@@ -5,7 +5,6 @@ import math
 import os
 import uuid
 
-import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -21,6 +20,7 @@ from simformer.engine import build_optimizer
 from simformer.modeling.classifiers import CLASSIFIER_REGISTRY, build_classifier
 from simformer.modeling.classifiers.ccs import CCSClassifier, scene_adaptive_centres
 from simformer.modeling.losses.class_center import inter_class_loss, intra_class_loss, present_classes
+from tests import block_images
 from tests.data import test_weakshot_training as weakshot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,11 +38,7 @@ R2 = math.sqrt(2.0)
 
 
 def _cfg(path, *opts):
-    cfg = get_cfg()
-    add_simformer_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(TINY + list(opts))
-    return cfg
+    return block_images.config(path, TINY, *opts)
 
 
 def _extra_parameters(c, k):
@@ -241,18 +237,8 @@ def test_linear_baseline_checkpoint_initialises_the_centres():
 
 
 def _batch(seed, n=2):
-    """Images whose colour encodes the class of axis-aligned blocks; one unlabelled (255) strip."""
-    rng = np.random.RandomState(seed)
-    out = []
-    for _ in range(n):
-        label = np.zeros((SIZE, SIZE), np.int64)
-        for cls in range(1, NUM_CLASSES):
-            y, x = rng.randint(0, SIZE - 20, 2)
-            label[y : y + 20, x : x + 20] = cls
-        image = np.stack([label * 60, 255 - label * 50, rng.randint(0, 40, (SIZE, SIZE))]).astype(np.uint8)
-        label[:, -4:] = 255
-        out.append({"image": torch.from_numpy(image), "sem_seg": torch.from_numpy(label), "height": SIZE, "width": SIZE})
-    return out
+    """Block images with one unlabelled (255) strip (tests/block_images.py)."""
+    return block_images.block_batch(seed, n, SIZE, NUM_CLASSES)
 
 
 def test_ccs_per_pixel_model_trains():

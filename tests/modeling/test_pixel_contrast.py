@@ -21,7 +21,7 @@ from simformer.modeling.matcher import HungarianMatcher
 from simformer.modeling.pixel_contrast_head import PixelContrast, PixelContrastMemory
 from simformer.modeling.simformer_criterion import SimFormerCriterion
 from tests.data.test_weakshot_training import CLASSES, NOVEL
-from tests.modeling.test_simformer_model import _cfg, data, name  # noqa: F401  (fixtures)
+from tests.modeling.test_simformer_model import _cfg, data  # noqa: F401  (fixtures)
 
 
 # ------------------------------------------------------------------------------------------------ loss

@@ -1,12 +1,11 @@
 """SimFormer meta-architecture: weak-shot losses wired through mapper -> model -> optimizer."""
 import os
-import uuid
 
 import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
 from simformer import add_simformer_config
@@ -22,15 +21,6 @@ def data(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("simformer_model"))
     _write_dataset(root, n=6)
     return root
-
-
-@pytest.fixture
-def name():
-    n = f"test_sfm_{uuid.uuid4().hex[:8]}"
-    yield n
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if n in catalog.list():
-            catalog.remove(n)
 
 
 def _cfg(train_name, mapper_name, *opts):

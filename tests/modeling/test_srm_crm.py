@@ -2,12 +2,11 @@
 behaviour at initialisation, checkpoint compatibility, and a few training steps inside SimFormer."""
 import math
 import os
-import uuid
 
 import pytest
 import torch
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 
@@ -229,15 +228,6 @@ def data(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("srm_crm"))
     _write_dataset(root, n=4)
     return root
-
-
-@pytest.fixture
-def name():
-    n = f"test_srm_crm_{uuid.uuid4().hex[:8]}"
-    yield n
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if n in catalog.list():
-            catalog.remove(n)
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,14 @@ classes without teacher targets, and a few training steps for MaskFormer and wea
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
-from detectron2.structures import Instances
 
 from simformer import add_simformer_config
-from simformer.data.dataset_mappers import build_mapper, label_map_to_targets
+from simformer.data.dataset_mappers import build_mapper
 from simformer.data.datasets.weakshot import register_simulated_weakshot
 from simformer.engine import build_optimizer
 from simformer.inference import semantic_inference
@@ -29,8 +27,8 @@ from simformer.modeling.pixel_classification import (
 from ssa_adapter import DEFAULT_LOSS_WEIGHTS, inference_parameter_increase
 from ssa_adapter.losses import present_classes, relation_distillation, spatial_distillation
 from ssa_adapter.teacher import SSATeacher, inverse_norm
+from tests import block_images
 from tests.data.test_weakshot_training import CLASSES, NOVEL, _write_dataset
-from tests.modeling.test_simformer_model import name  # noqa: F401  (fixture: a fresh dataset name)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MASKFORMER_SSA = os.path.join(REPO, "configs", "synthetic", "ssa", "maskformer_R18_ssa.yaml")
@@ -54,30 +52,12 @@ SSA_KEYS = {f"loss_ssa_{t}" for t in DEFAULT_LOSS_WEIGHTS}
 
 
 def _cfg(path, *opts):
-    cfg = get_cfg()
-    add_simformer_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(TINY + list(opts))
-    return cfg
+    return block_images.config(path, TINY, *opts)
 
 
 def _batch(seed, n=2):
-    """Images whose colour encodes the class of axis-aligned blocks, with mask targets; a 255 strip."""
-    rng = np.random.RandomState(seed)
-    out = []
-    for _ in range(n):
-        label = np.zeros((SIZE, SIZE), np.int64)
-        for cls in range(1, K):
-            y, x = rng.randint(0, SIZE - 20, 2)
-            label[y : y + 20, x : x + 20] = cls
-        image = np.stack([label * 50, 255 - label * 40, rng.randint(0, 40, (SIZE, SIZE))]).astype(np.uint8)
-        label[:, -4:] = IGNORE
-        sem_seg = torch.from_numpy(label)
-        classes, masks = label_map_to_targets(sem_seg, IGNORE)
-        inst = Instances((SIZE, SIZE))
-        inst.gt_classes, inst.gt_masks = classes, masks
-        out.append({"image": torch.from_numpy(image), "sem_seg": sem_seg, "instances": inst, "height": SIZE, "width": SIZE})
-    return out
+    """Block images with mask targets and a 255 strip (tests/block_images.py)."""
+    return block_images.block_batch(seed, n, SIZE, K, colour=(50, 40), ignore=IGNORE, instances=True)
 
 
 # ------------------------------------------------------------------------------------------ pure functions
@@ -306,7 +286,7 @@ def test_maskformer_with_ssa_pixel_classifier_trains():
     assert model.sem_seg_head.predictor.mask_embed.layers[-1].weight.grad.abs().sum() > 0
 
 
-def test_weakshot_simformer_with_ssa_pixel_classifier_trains(tmp_path, name):  # noqa: F811
+def test_weakshot_simformer_with_ssa_pixel_classifier_trains(tmp_path, name):
     _write_dataset(str(tmp_path), n=4)
     register_simulated_weakshot(name, str(tmp_path / "images"), str(tmp_path / "full"), CLASSES, NOVEL)
     cfg = _cfg(SEG_SSA, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(len(CLASSES)))

@@ -2,7 +2,6 @@
 a few training steps of a tiny config, parameter increase, teacher-free inference weights."""
 import os
 
-import numpy as np
 import torch
 from detectron2.config import get_cfg
 from detectron2.modeling import build_model
@@ -11,6 +10,7 @@ from simformer import add_simformer_config
 from simformer.engine import build_optimizer
 from simformer.modeling.classifiers import CLASSIFIER_REGISTRY
 from ssa_adapter import DEFAULT_LOSS_WEIGHTS, drop_teachers, inference_parameter_increase
+from tests import block_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SSA_CONFIG = os.path.join(REPO, "configs", "synthetic", "ssa", "per_pixel_R18_ssa.yaml")
@@ -25,26 +25,12 @@ TINY = [
 
 
 def _cfg(path, *opts):
-    cfg = get_cfg()
-    add_simformer_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(TINY + list(opts))
-    return cfg
+    return block_images.config(path, TINY, *opts)
 
 
 def _batch(seed, n=2):
-    """Images whose colour encodes the class of axis-aligned blocks; one unlabelled (255) strip."""
-    rng = np.random.RandomState(seed)
-    out = []
-    for _ in range(n):
-        label = np.zeros((SIZE, SIZE), np.int64)
-        for cls in range(1, NUM_CLASSES):
-            y, x = rng.randint(0, SIZE - 20, 2)
-            label[y : y + 20, x : x + 20] = cls
-        image = np.stack([label * 60, 255 - label * 50, rng.randint(0, 40, (SIZE, SIZE))]).astype(np.uint8)
-        label[:, -4:] = 255
-        out.append({"image": torch.from_numpy(image), "sem_seg": torch.from_numpy(label), "height": SIZE, "width": SIZE})
-    return out
+    """Block images with one unlabelled (255) strip (tests/block_images.py)."""
+    return block_images.block_batch(seed, n, SIZE, NUM_CLASSES)
 
 
 def test_ssa_is_selected_by_config_and_off_by_default():

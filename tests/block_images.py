@@ -1,0 +1,41 @@
+"""Shared test data: small images whose colour encodes the class of axis-aligned blocks."""
+from typing import Sequence
+
+import numpy as np
+import torch
+from detectron2.config import get_cfg
+from detectron2.structures import Instances
+
+from simformer import add_simformer_config
+from simformer.data.dataset_mappers import label_map_to_targets
+
+
+def config(path: str, tiny: Sequence[str], *opts):
+    """get_cfg + simformer's keys + the YAML at ``path`` + ``tiny`` overrides + ``opts`` (not frozen)."""
+    cfg = get_cfg()
+    add_simformer_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(tiny) + list(opts))
+    return cfg
+
+
+def block_batch(seed: int, n: int, size: int, num_classes: int, colour=(60, 50), ignore: int = 255, instances: bool = False):
+    """``n`` training dicts: class c (1..K-1) fills a random 20x20 block of a class-0 (size, size) image,
+    colour (c * colour[0], 255 - c * colour[1], noise); the last 4 columns are ``ignore``. ``instances``:
+    also the per-class mask targets of the label map."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for _ in range(n):
+        label = np.zeros((size, size), np.int64)
+        for cls in range(1, num_classes):
+            y, x = rng.randint(0, size - 20, 2)
+            label[y : y + 20, x : x + 20] = cls
+        image = np.stack([label * colour[0], 255 - label * colour[1], rng.randint(0, 40, (size, size))]).astype(np.uint8)
+        label[:, -4:] = ignore
+        x = {"image": torch.from_numpy(image), "sem_seg": torch.from_numpy(label), "height": size, "width": size}
+        if instances:
+            inst = Instances((size, size))
+            inst.gt_classes, inst.gt_masks = label_map_to_targets(x["sem_seg"], ignore)
+            x["instances"] = inst
+        out.append(x)
+    return out
