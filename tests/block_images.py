@@ -39,3 +39,28 @@ def block_batch(seed: int, n: int, size: int, num_classes: int, colour=(60, 50),
             x["instances"] = inst
         out.append(x)
     return out
+
+
+def per_pixel_tiny(num_classes: int, dim: int):
+    """Config overrides of a tiny per-pixel model: K classes, ``dim``-channel pixel decoder, LR 1e-3."""
+    return [
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes),
+        "MODEL.SEM_SEG_HEAD.CONVS_DIM", str(dim),
+        "MODEL.SEM_SEG_HEAD.MASK_DIM", str(dim),
+        "SOLVER.BASE_LR", "1e-3",
+    ]  # fmt: skip
+
+
+def train_steps(model, optimizer, batches):
+    """One optimizer step per batch, asserting every loss term finite.
+    Returns (the total loss of each step, the last step's loss dict)."""
+    history, losses = [], {}
+    for batch in batches:
+        losses = model(batch)
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+        total = sum(losses.values())
+        optimizer.zero_grad()
+        total.backward()
+        optimizer.step()
+        history.append(float(total.detach()))
+    return history, losses

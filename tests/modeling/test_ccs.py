@@ -28,12 +28,7 @@ CCS_CONFIG = os.path.join(REPO, "configs", "synthetic", "ccs", "per_pixel_R18_cc
 MASKFORMER_CCS_CONFIG = os.path.join(REPO, "configs", "synthetic", "ccs", "maskformer_R18_ccs.yaml")
 BASELINE_CONFIG = os.path.join(REPO, "configs", "synthetic", "per_pixel_R18_fully_supervised.yaml")
 NUM_CLASSES, DIM, SIZE = 4, 32, 64
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES),
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", str(DIM),
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", str(DIM),
-    "SOLVER.BASE_LR", "1e-3",
-]  # fmt: skip
+TINY = block_images.per_pixel_tiny(NUM_CLASSES, DIM)
 R2 = math.sqrt(2.0)
 
 

@@ -258,16 +258,8 @@ def _train(model, cfg, batches):
     optimizer = build_optimizer(cfg, model)
     teacher = model.sem_seg_head.pixel_classifier.ssa.teacher
     teacher_before = [p.detach().clone() for p in teacher.parameters()]
-    history = []
-    for batch in batches:
-        losses = model(batch)
-        assert {"loss_pixel_ce"} | SSA_KEYS <= set(losses), sorted(losses)
-        assert all(torch.isfinite(v) for v in losses.values()), losses
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        history.append(float(total.detach()))
+    history, losses = block_images.train_steps(model, optimizer, batches)
+    assert {"loss_pixel_ce"} | SSA_KEYS <= set(losses), sorted(losses)
     assert history[-1] < history[0], history
     assert any(not torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
     return losses

@@ -16,12 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SSA_CONFIG = os.path.join(REPO, "configs", "synthetic", "ssa", "per_pixel_R18_ssa.yaml")
 BASELINE_CONFIG = os.path.join(REPO, "configs", "synthetic", "per_pixel_R18_fully_supervised.yaml")
 NUM_CLASSES, DIM, SIZE = 4, 32, 64
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(NUM_CLASSES),
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", str(DIM),
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", str(DIM),
-    "SOLVER.BASE_LR", "1e-3",
-]  # fmt: skip
+TINY = block_images.per_pixel_tiny(NUM_CLASSES, DIM)
 
 
 def _cfg(path, *opts):
@@ -63,17 +58,9 @@ def test_ssa_per_pixel_model_trains_and_exports_without_teacher():
     teacher = model.sem_seg_head.classifier.ssa.teacher
     teacher_before = [p.detach().clone() for p in teacher.parameters()]
     expected = {"loss_sem_seg"} | {f"loss_ssa_{t}" for t in DEFAULT_LOSS_WEIGHTS}
-    history = []
     batch = _batch(0)
-    for _ in range(4):
-        losses = model(batch)
-        assert set(losses) == expected
-        assert all(torch.isfinite(v) for v in losses.values()), losses
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        history.append(float(total.detach()))
+    history, losses = block_images.train_steps(model, optimizer, [batch] * 4)
+    assert set(losses) == expected
     assert history[-1] < history[0], history
     assert any(not torch.equal(a, b) for a, b in zip(teacher_before, teacher.parameters()))
 
