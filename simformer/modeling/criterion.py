@@ -29,7 +29,7 @@ from .losses.classification import weighted_cross_entropy
 from .losses.mask import dice_loss, sigmoid_focal_loss
 from .losses.point_sampling import point_sample, uncertain_point_coords
 
-__all__ = ["SetCriterion", "point_sampling_kwargs"]
+__all__ = ["SetCriterion", "host_has_mask", "host_matched_pairs", "point_sampling_kwargs"]
 
 HOST_HAS_MASK = "has_mask_host"  # target key set by SetCriterion.forward: has_mask (T,) bool on the CPU
 
@@ -70,6 +70,19 @@ def host_has_mask(targets: List[Dict]) -> List[torch.Tensor]:
     device_flags = [f for f in flags if f is not None]
     copied = iter(torch.cat(device_flags).cpu().split([len(f) for f in device_flags])) if device_flags else iter(())
     return [next(copied) if f is not None else torch.ones(n, dtype=torch.bool) for f, n in zip(flags, sizes)]
+
+
+def host_matched_pairs(targets: List[Dict], indices, with_mask: bool = True):
+    """Per image, the matched (query, target) index arrays (NumPy, on the host) whose target has
+    (``with_mask``) / lacks a mask. The matcher's indices live on the host, so selecting here costs no
+    device sync."""
+    pairs = []
+    for t, (i, j) in zip(targets, indices):
+        flags = (t[HOST_HAS_MASK] if HOST_HAS_MASK in t else host_has_mask([t])[0]).numpy()
+        i, j = i.cpu().numpy(), j.cpu().numpy()
+        keep = flags[j] if with_mask else ~flags[j]
+        pairs.append((i[keep], j[keep]))
+    return pairs
 
 
 class SetCriterion(nn.Module):
@@ -122,11 +135,8 @@ class SetCriterion(nn.Module):
         """Matched pairs whose target has a mask, selected on the host: (batch, query) index tensors (M,) on
         ``device`` and the (M, H, W) target masks."""
         batch_idx, src_idx, masks = [], [], []
-        for b, (t, (i, j)) in enumerate(zip(targets, indices)):
-            flags = (t[HOST_HAS_MASK] if HOST_HAS_MASK in t else host_has_mask([t])[0]).numpy()
-            i, j = i.cpu().numpy(), j.cpu().numpy()  # the matcher's indices live on the host
-            keep = flags[j]  # host arrays: selecting here costs no device sync
-            i, j = torch.from_numpy(i[keep]), torch.from_numpy(j[keep])
+        for b, (t, (i, j)) in enumerate(zip(targets, host_matched_pairs(targets, indices, with_mask=True))):
+            i, j = torch.from_numpy(i), torch.from_numpy(j)
             batch_idx.append(torch.full_like(i, b))
             src_idx.append(i)
             masks.append(t["masks"][j.to(t["masks"].device)])

@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from ..inference import semantic_inference
-from .criterion import HOST_HAS_MASK, SetCriterion, host_has_mask
+from .criterion import SetCriterion, host_matched_pairs
 from .losses.weakshot import (
     DISTILL_TARGETS,
     balanced_pair_loss,
@@ -134,12 +134,10 @@ class SimFormerCriterion(SetCriterion):
         pred_masks = outputs["pred_masks"]
         device = pred_masks.device
         b_idx, q_idx, rows = [], [], []
-        for b, (t, (i, j)) in enumerate(zip(targets, indices)):  # numpy on the host: no device work, no sync
-            flags = (t[HOST_HAS_MASK] if HOST_HAS_MASK in t else host_has_mask([t])[0]).numpy()
-            novel = ~flags[j.cpu().numpy()]
-            if novel.any():
-                q_idx.append(i.cpu().numpy()[novel])
-                b_idx.append(np.full(len(q_idx[-1]), b))
+        for b, (i, _) in enumerate(host_matched_pairs(targets, indices, with_mask=False)):  # NumPy: no sync
+            if len(i):
+                q_idx.append(i)
+                b_idx.append(np.full(len(i), b))
                 rows.append(b)
         if not rows:
             return {"loss_comp": pred_masks.sum() * 0.0}

@@ -175,19 +175,6 @@ def _tiny_cfg(tmp_path, name, *opts):
     return cfg
 
 
-@pytest.fixture
-def dataset_name():
-    import uuid
-
-    from detectron2.data import DatasetCatalog, MetadataCatalog
-
-    name = f"tiny_rel_{uuid.uuid4().hex[:8]}"
-    yield name
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if name in catalog.list():
-            catalog.remove(name)
-
-
 def _batches(loader, n):
     it = iter(loader)
     return [[(d["file_name"], d["image"], d["sem_seg"]) for d in next(it)] for _ in range(n)]
@@ -197,14 +184,14 @@ def _same(a, b):
     return all(x[0] == y[0] and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(a, b)) and len(a) == len(b)
 
 
-def test_loader_batches_depend_only_on_seed_and_iteration(tmp_path, dataset_name):
+def test_loader_batches_depend_only_on_seed_and_iteration(tmp_path, name):
     from detectron2.data import DatasetCatalog
 
     from simformer.data.dataset_mappers import build_mapper
     from simformer.data.train_loader import ResumableTrainLoader
 
-    cfg = _tiny_cfg(tmp_path, dataset_name, "INPUT.MIN_SIZE_TRAIN", "(48, 64, 80)", "INPUT.CROP.SIZE", "(40, 40)")
-    dicts, mapper = DatasetCatalog.get(dataset_name), build_mapper(cfg, True)
+    cfg = _tiny_cfg(tmp_path, name, "INPUT.MIN_SIZE_TRAIN", "(48, 64, 80)", "INPUT.CROP.SIZE", "(40, 40)")
+    dicts, mapper = DatasetCatalog.get(name), build_mapper(cfg, True)
     single = _batches(ResumableTrainLoader(dicts, mapper, 4, seed=5, world_size=1, rank=0), 5)  # 5 x 4 > 6 images: 3+ epochs
     resumed = _batches(ResumableTrainLoader(dicts, mapper, 4, seed=5, world_size=1, rank=0, start_iter=3), 2)
     assert all(_same(x, y) for x, y in zip(single[3:], resumed))
@@ -264,8 +251,8 @@ def _trainer_with_nan(cfg, bad_iter, term="loss_dice"):
     return trainer, snapshots
 
 
-def test_nonfinite_loss_stops_with_a_checkpoint_from_before_the_step(tmp_path, dataset_name):
-    cfg = _tiny_cfg(tmp_path, dataset_name, "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "100")
+def test_nonfinite_loss_stops_with_a_checkpoint_from_before_the_step(tmp_path, name):
+    cfg = _tiny_cfg(tmp_path, name, "SOLVER.MAX_ITER", "5", "SOLVER.CHECKPOINT_PERIOD", "100")
     trainer, snapshots = _trainer_with_nan(cfg, bad_iter=2)
     with pytest.raises(FloatingPointError, match=r"non-finite loss at iteration 2: loss_dice=nan\b.*model_before_nonfinite_iter2\.pth"):
         trainer.train()
@@ -279,10 +266,10 @@ def test_nonfinite_loss_stops_with_a_checkpoint_from_before_the_step(tmp_path, d
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
-def test_nonfinite_loss_skipped_when_configured(tmp_path, dataset_name, caplog):
+def test_nonfinite_loss_skipped_when_configured(tmp_path, name, caplog):
     import logging
 
-    cfg = _tiny_cfg(tmp_path, dataset_name, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.SKIP_NONFINITE_STEPS", "True")
+    cfg = _tiny_cfg(tmp_path, name, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.SKIP_NONFINITE_STEPS", "True")
     trainer, snapshots = _trainer_with_nan(cfg, bad_iter=2, term="loss_ce_0")
     caplog.set_level(logging.WARNING)
     simformer_logger = logging.getLogger("simformer")  # train_net's setup_logger stops its propagation

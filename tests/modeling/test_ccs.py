@@ -3,13 +3,12 @@ hand-computed values on tiny tensors, the shared classifier interface (targets, 
 selection, and a few training steps inside the per-pixel model."""
 import math
 import os
-import uuid
 
 import pytest
 import torch
 import torch.nn as nn
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
@@ -303,14 +302,10 @@ def test_ccs_as_pixel_classifier_of_maskformer_trains():
 
 
 @pytest.fixture
-def weakshot_name(tmp_path):
+def weakshot_name(tmp_path, name):
     weakshot._write_dataset(str(tmp_path), n=2)
-    name = f"test_ccs_{uuid.uuid4().hex[:8]}"
     register_simulated_weakshot(name, str(tmp_path / "images"), str(tmp_path / "full"), weakshot.CLASSES, weakshot.NOVEL)
-    yield name
-    for catalog in (DatasetCatalog, MetadataCatalog):
-        if name in catalog.list():
-            catalog.remove(name)
+    return name
 
 
 def test_ccs_as_pixel_classifier_of_weakshot_simformer_trains(weakshot_name):
