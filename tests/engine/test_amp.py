@@ -9,7 +9,7 @@ from torch import nn
 from simformer.engine.amp import AutocastTrainer, amp_dtype
 from simformer.modeling.criterion import SetCriterion
 from simformer.modeling.matcher import HungarianMatcher
-from tests.engine.test_reliability import _tiny_cfg, dataset_name  # noqa: F401  (fixture)
+from tests.engine.test_reliability import _tiny_cfg
 
 
 class _Recorder(nn.Module):
@@ -84,10 +84,10 @@ def test_criterion_and_semantic_inference_stay_fp32_under_autocast():
         assert torch.allclose(v, reference[k], rtol=0.05), k
 
 
-def test_amp_training_on_cpu_with_bf16(tmp_path, dataset_name):  # noqa: F811
+def test_amp_training_on_cpu_with_bf16(tmp_path, name):
     from simformer.engine import Trainer
 
-    cfg = _tiny_cfg(tmp_path, dataset_name, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.AMP.ENABLED", "True")
+    cfg = _tiny_cfg(tmp_path, name, "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100", "SOLVER.AMP.ENABLED", "True")
     trainer = Trainer(cfg)
     assert isinstance(trainer._trainer, AutocastTrainer) and trainer._trainer.dtype == torch.bfloat16
     assert trainer.cfg.SOLVER.AMP.ENABLED
