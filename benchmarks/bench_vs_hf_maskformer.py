@@ -12,7 +12,8 @@ Needs the peer: ``pip install -e .[bench]`` (transformers and its small dependen
 
 Both models: ResNet-50 (bottleneck, stride in the 3x3 conv, trainable BatchNorm) from random init, FPN
 pixel decoder with GroupNorm (256 channels, 256-d mask features), 6-layer post-norm DETR decoder (256-d,
-8 heads, FFN 2048, dropout 0.1), 100 queries, the same number of classes, loss weights CE 1 / focal 20 /
+8 heads, FFN 2048, dropout 0.1 on the residual branches, the attention weights and the FFN activation,
+as in MaskFormer / DETR), 100 queries, the same number of classes, loss weights CE 1 / focal 20 /
 dice 1, no-object weight 0.1, deep supervision, the same random images and targets (block label maps
 with ``--classes-per-image`` classes each). Ours is built through detectron2's config
 (configs/maskformer/maskformer_R50.yaml with MODEL.RESNETS.NORM BN, MODEL.WEIGHTS ""), the peer through
@@ -99,7 +100,7 @@ def build_peer(args, cfg):
     decoder = DetrConfig(
         decoder_layers=mf.DEC_LAYERS, d_model=mf.HIDDEN_DIM, num_queries=mf.NUM_OBJECT_QUERIES,
         decoder_ffn_dim=mf.DIM_FEEDFORWARD, decoder_attention_heads=mf.NHEADS, dropout=mf.DROPOUT,
-        attention_dropout=0.0, activation_dropout=0.0, activation_function="relu",
+        attention_dropout=mf.DROPOUT, activation_dropout=mf.DROPOUT, activation_function="relu",
         use_pretrained_backbone=False, use_timm_backbone=False,
     )  # fmt: skip
     config = MaskFormerConfig(
@@ -110,6 +111,8 @@ def build_peer(args, cfg):
     )  # fmt: skip
     torch.manual_seed(0)
     model = MaskFormerForInstanceSegmentation(config).to(args.device)
+    if args.peer_channels_last:
+        model.to(memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=True)
     return model, optimizer
@@ -197,7 +200,10 @@ def build_side(side, args):
         return M.train_step_fn(ours, ours_opt, data, cfg), infer, {"cfg": cfg, "model": ours, "optimizer": ours_opt, "data": data}
     peer, peer_opt = build_peer(args, cfg)
     autocast, needs_scaler = M.autocast_of(cfg, torch.device(args.device))
-    steps = PeerSteps(peer, peer_opt, *peer_inputs(cfg, data, torch.device(args.device)), deep_supervision=cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION, autocast=autocast, needs_scaler=needs_scaler)
+    pixel_values, mask_labels, class_labels = peer_inputs(cfg, data, torch.device(args.device))
+    if args.peer_channels_last:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    steps = PeerSteps(peer, peer_opt, pixel_values, mask_labels, class_labels, deep_supervision=cfg.MODEL.MASK_FORMER.DEEP_SUPERVISION, autocast=autocast, needs_scaler=needs_scaler)
 
     def infer():
         peer.eval()
@@ -237,6 +243,7 @@ def parse_args(argv=None):
     parser.add_argument("--profile", action="store_true", help="also print our step's phase split and top-10 ops")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64x64, batch 1, 1 step, 1 warm-up")
     parser.add_argument("--ours-opts", nargs="*", default=[], metavar="KEY VALUE", help="extra config overrides of our model")
+    parser.add_argument("--peer-channels-last", action="store_true", help="also give the peer NHWC weights and input (what MODEL.MASK_FORMER.CHANNELS_LAST does for ours)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -280,6 +287,8 @@ def main(argv=None):
           f"{mf.HIDDEN_DIM}-d, FFN {mf.DIM_FEEDFORWARD}; median of {args.steps} interleaved rounds after {args.warmup} warm-up")
     if args.ours_opts:
         print(f"our extra options: {' '.join(args.ours_opts)}")
+    if args.peer_channels_last:
+        print("peer: channels-last (NHWC) weights and input")
     if cfg.SOLVER.AMP.ENABLED:
         print(f"mixed precision (SOLVER.AMP): both forwards under torch.autocast({cfg.SOLVER.AMP.DTYPE}); ours keeps its criterion "
               "in fp32, the peer's loss runs in whatever autocast gives it")

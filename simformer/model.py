@@ -47,8 +47,10 @@ class MaskFormer(nn.Module):
         pixel_std,
         semantic_map: str = "maskformer",
         fusion_weight: float = 0.5,
+        channels_last: bool = False,
     ):
-        """``semantic_map`` / ``fusion_weight``: see :meth:`semantic_scores` (``MODEL.MASK_FORMER.PIXEL_CLASSIFIER``)."""
+        """``semantic_map`` / ``fusion_weight``: see :meth:`semantic_scores` (``MODEL.MASK_FORMER.PIXEL_CLASSIFIER``).
+        ``channels_last``: hold 4-D weights and feed the backbone in NHWC memory format (``MODEL.MASK_FORMER.CHANNELS_LAST``)."""
         super().__init__()
         if semantic_map not in SEMANTIC_MAPS:
             raise ValueError(f"MODEL.MASK_FORMER.PIXEL_CLASSIFIER.SEMANTIC_MAP must be one of {SEMANTIC_MAPS}, got {semantic_map!r}")
@@ -65,6 +67,9 @@ class MaskFormer(nn.Module):
         self.size_divisibility = max(size_divisibility, backbone.size_divisibility)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)  # 4-D parameters / buffers only; later .to(device) keeps it
 
     @classmethod
     def from_config(cls, cfg):
@@ -86,6 +91,7 @@ class MaskFormer(nn.Module):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "semantic_map": mf.PIXEL_CLASSIFIER.SEMANTIC_MAP,
             "fusion_weight": mf.PIXEL_CLASSIFIER.FUSION_WEIGHT,
+            "channels_last": mf.CHANNELS_LAST,
         }
 
     @property
@@ -94,7 +100,10 @@ class MaskFormer(nn.Module):
 
     def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.size_divisibility)
+        images = ImageList.from_tensors(images, self.size_divisibility)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Per image: labels (T,), masks (T, H_pad, W_pad) float zero-padded to the batch size, has_mask (T,)."""
@@ -168,6 +177,8 @@ class MaskFormer(nn.Module):
     def padded_scores(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised, padded images (B, 3, H, W) (H, W multiples of ``size_divisibility``) -> (B, K, H, W)
         scores, as :meth:`inference` forms them before cropping; the seam for sliding-window inference."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         outputs = self.sem_seg_head(self.backbone(images))
         with torch.autocast(device_type=images.device.type, enabled=False):
             return self.semantic_scores(self._float_outputs(outputs), images.shape[-2:])

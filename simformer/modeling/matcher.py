@@ -47,14 +47,15 @@ class HungarianMatcher(nn.Module):
         self.cost_dice = cost_dice
         self.num_points = int(num_points)
 
-    def _mask_values(self, pred_masks: torch.Tensor, tgt_masks: torch.Tensor):
-        """(N, Q, h, w) logits of N layers and (T, H, W) targets of one image -> (N*Q, P') logits, (T, P') targets."""
-        n, q = pred_masks.shape[:2]
+    def _mask_values(self, pred_masks: List[torch.Tensor], tgt_masks: torch.Tensor):
+        """N layers' (Q, h, w) logits of one image and its (T, H, W) targets -> (N*Q, P') logits, (T, P') targets.
+        Each layer is read where it lies (no (N, Q, h, w) stack is built)."""
+        size = pred_masks[0].shape[-2:]
         if self.num_points == 0:
-            tgt = F.interpolate(tgt_masks[:, None].float(), size=pred_masks.shape[-2:], mode="nearest")[:, 0]
-            return pred_masks.reshape(n * q, -1).float(), tgt.flatten(1)
-        coords = uniform_point_coords(1, self.num_points, pred_masks.device)  # (1, P, 2): same points for all
-        out = point_sample(pred_masks.reshape(1, n * q, *pred_masks.shape[-2:]).float(), coords)[0]  # (N*Q, P)
+            tgt = F.interpolate(tgt_masks[:, None].float(), size=size, mode="nearest")[:, 0]
+            return torch.cat([m.reshape(m.shape[0], -1).float() for m in pred_masks]), tgt.flatten(1)
+        coords = uniform_point_coords(1, self.num_points, pred_masks[0].device)  # (1, P, 2): same points for all
+        out = torch.cat([point_sample(m[None].float(), coords)[0] for m in pred_masks])  # (N*Q, P)
         tgt = point_sample(tgt_masks[None].float(), coords, mode="nearest")[0]  # (T, P)
         return out, tgt
 
@@ -64,7 +65,7 @@ class HungarianMatcher(nn.Module):
 
         Args:
             pred_logits: (N, B, Q, K+1) class logits of N layers.
-            pred_masks: (N, B, Q, h, w) mask logits.
+            pred_masks: (N, B, Q, h, w) mask logits, or a list of N (B, Q, h, w) tensors.
             targets: B dicts with labels (T_b,), masks (T_b, H, W), optional has_mask (T_b,) bool.
         Returns:
             B tensors (N, Q, T_b), float32 on the predictions' device.
@@ -80,7 +81,7 @@ class HungarianMatcher(nn.Module):
                 class_weight = torch.where(has_mask, self.cost_class, self.cost_class_no_mask).to(prob.dtype)
                 cost = -class_weight * prob[..., labels]  # (N, Q, T)
                 if (self.cost_focal or self.cost_dice) and len(labels):
-                    out, tgt_mask = self._mask_values(pred_masks[:, b], tgt["masks"])
+                    out, tgt_mask = self._mask_values([m[b] for m in pred_masks], tgt["masks"])
                     mask_cost = self.cost_focal * batch_sigmoid_focal_cost(out, tgt_mask) + self.cost_dice * batch_dice_cost(out, tgt_mask)
                     # no-mask targets: class term only (a select, not a boolean index: no host sync)
                     cost = cost + torch.where(has_mask, mask_cost, torch.zeros_like(mask_cost)).view(cost.shape)
@@ -102,8 +103,7 @@ class HungarianMatcher(nn.Module):
             return [self.match_layers([o], targets)[0] for o in layers]  # layers at different resolutions
         num_layers, num_queries = len(layers), layers[0]["pred_logits"].shape[1]
         logits = torch.stack([o["pred_logits"] for o in layers])
-        masks = torch.stack([o["pred_masks"] for o in layers])
-        costs = self.layer_cost_matrices(logits, masks, targets)
+        costs = self.layer_cost_matrices(logits, [o["pred_masks"] for o in layers], targets)
         sizes = [c.shape[-1] for c in costs]
         if any(s > num_queries for s in sizes):
             raise ValueError(f"HungarianMatcher: {max(sizes)} targets in an image but only {num_queries} queries (MODEL.MASK_FORMER.NUM_OBJECT_QUERIES)")

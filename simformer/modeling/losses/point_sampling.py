@@ -37,8 +37,15 @@ def point_sample(maps: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear
     squeeze = maps.dim() == 3
     if squeeze:
         maps = maps[:, None]
-    grid = (2.0 * coords - 1.0)[:, :, None].to(maps.dtype)  # (N, P, 1, 2) in grid_sample's [-1, 1]
-    out = F.grid_sample(maps, grid, mode=mode, padding_mode="border", align_corners=False)[..., 0]
+    n, c, h, w = maps.shape
+    grid = (2.0 * coords - 1.0).to(maps.dtype)  # (N, P, 2) in grid_sample's [-1, 1]
+    # Each channel is sampled as its own single-plane image (the grid repeated per channel: a stride-0 view
+    # for N = 1): identical values, but grid_sample's CPU kernel writes its (C, P) output point-major, so
+    # with hundreds of channels (the matcher samples all layers' queries at once) every write lands on a
+    # different page; one plane at a time measured 6-9x faster for 600 channels x 12,544 points.
+    grid = grid[:, None, :, None].expand(n, c, -1, -1, -1).reshape(n * c, -1, 1, 2)
+    out = F.grid_sample(maps.reshape(n * c, 1, h, w), grid, mode=mode, padding_mode="border", align_corners=False)
+    out = out.reshape(n, c, -1)  # (N, C, P)
     return out[:, 0] if squeeze else out
 
 
@@ -73,7 +80,7 @@ def uncertain_point_coords(logits: torch.Tensor, num_points: int, oversample_rat
     num_candidates = max(math.ceil(oversample_ratio * num_points), num_uncertain)
     candidates = uniform_point_coords(n, num_candidates, device, generator)  # (N, kP, 2)
     uncertainty = -point_sample(logits.float(), candidates).abs()  # (N, kP)
-    top = uncertainty.topk(num_uncertain, dim=1).indices  # (N, beta P)
+    top = uncertainty.topk(num_uncertain, dim=1, sorted=False).indices  # (N, beta P); any order (losses sum over points)
     chosen = candidates.gather(1, top[..., None].expand(-1, -1, 2))
     rest = uniform_point_coords(n, num_points - num_uncertain, device, generator)
     return torch.cat([chosen, rest], dim=1)

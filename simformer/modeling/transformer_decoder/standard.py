@@ -99,6 +99,10 @@ class StandardTransformerDecoder(nn.Module):
         mask_embed = self.mask_embed(hs)  # (L, B, Q, D)
         pred_masks = torch.einsum("lbqc,bchw->lbqhw", mask_embed, mask_features)
         pred_logits = self.class_embed(hs) if self.mask_classification else None  # (L, B, Q, K+1)
+        # unbind, not per-layer indexing: its backward stacks the L gradients once, where L selects would
+        # each scatter into a zero-filled (L, B, Q, h, w) gradient
+        pred_masks = pred_masks.unbind(0)
+        pred_logits = pred_logits.unbind(0) if pred_logits is not None else None
         out = {"pred_masks": pred_masks[-1], "mask_embed": mask_embed[-1]}  # mask_embed (B, Q, D): final layer
         if pred_logits is not None:
             out["pred_logits"] = pred_logits[-1]
