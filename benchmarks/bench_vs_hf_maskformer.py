@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=2 OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_vs_hf_maskformer.py   # 512x512, batch 2, CPU
     python benchmarks/bench_vs_hf_maskformer.py --size 512 --batch 2 --steps 5 --warmup 2 --threads 8
     python benchmarks/bench_vs_hf_maskformer.py --ours-opts MODEL.MASK_FORMER.TRAIN_NUM_POINTS 12544
+    python benchmarks/bench_vs_hf_maskformer.py --ours-opts MODEL.MASK_FORMER.CHANNELS_LAST True [--peer-channels-last]
     python benchmarks/bench_vs_hf_maskformer.py --ours-opts SOLVER.AMP.ENABLED True   # autocast bf16, both sides
     python benchmarks/bench_vs_hf_maskformer.py --device cuda
     python benchmarks/bench_vs_hf_maskformer.py --quick                              # smoke run, tiny size

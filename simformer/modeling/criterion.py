@@ -158,7 +158,7 @@ class SetCriterion(nn.Module):
             src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             src, tgt = src.flatten(1), tgt.flatten(1)
         return {
-            "loss_focal": sigmoid_focal_loss(src, tgt).sum() / num_masks,
+            "loss_focal": sigmoid_focal_loss(src, tgt, binary_targets=True).sum() / num_masks,  # 0/1 masks
             "loss_dice": dice_loss(src, tgt).sum() / num_masks,
         }
 

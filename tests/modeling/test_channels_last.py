@@ -24,6 +24,9 @@ TINY = [
     "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
     "MODEL.MASK_FORMER.DEC_LAYERS", "2",
     "MODEL.MASK_FORMER.DROPOUT", "0.0",  # no random masks: the two layouts see identical computations
+    # frozen BatchNorm: batch statistics over the 2x2 res5 maps of a 64-px batch amplify float32 rounding
+    # (different summation orders of the two layouts) to ~1e-2 in the backbone gradients
+    "MODEL.RESNETS.NORM", "FrozenBN",
 ]  # fmt: skip
 
 
@@ -63,8 +66,7 @@ def test_channels_last_model_equals_the_nchw_model(path, opts):
         assert torch.allclose(losses_ref[k], losses_cl[k], rtol=1e-4, atol=1e-5), k
     assert grads_ref.keys() == grads_cl.keys()
     for n in grads_ref:
-        scale = grads_ref[n].abs().max().clamp_min(1e-6)
-        assert (grads_ref[n] - grads_cl[n]).abs().max() / scale < 1e-3, n
+        assert (grads_ref[n] - grads_cl[n]).norm() <= 1e-4 * grads_ref[n].norm() + 1e-9, n
     ref.eval(), nhwc.eval()
     with torch.no_grad():
         out_ref, out_cl = ref(batch), nhwc(batch)

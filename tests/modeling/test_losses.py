@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from simformer.modeling.losses import batch_dice_cost, batch_sigmoid_focal_cost, dice_loss, sigmoid_focal_loss, weighted_cross_entropy
@@ -20,6 +21,46 @@ def test_sigmoid_focal_loss_matches_hand_computation():
     # x = 0, y = 1: 0.25 * 0.5^2 * ln 2 -- check one term by hand as well
     assert abs(_focal_by_hand(0.0, 1.0) - 0.25 * 0.25 * math.log(2)) < 1e-12
     assert torch.allclose(sigmoid_focal_loss(logits, targets), torch.tensor([expected]), atol=1e-6)
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 0.0), (0.25, 3.0)])
+def test_binary_focal_loss_equals_the_general_form_with_its_gradient(alpha, gamma):
+    g = torch.Generator().manual_seed(0)
+    x = (4 * torch.randn(3, 50, generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = (torch.rand(3, 50, generator=g) > 0.6).double()
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)  # a non-uniform upstream gradient
+    want = sigmoid_focal_loss(x, y, alpha, gamma)
+    (grad_want,) = torch.autograd.grad((want * weights).sum(), x)
+    got = sigmoid_focal_loss(x, y, alpha, gamma, binary_targets=True)
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+    assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(grad_got, grad_want, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: sigmoid_focal_loss(t, y[:, :7], alpha, gamma, binary_targets=True), (x[:, :7].detach().requires_grad_(True),))
+    # the hand-computed example above, through the binary path
+    logits, targets = torch.tensor([[0.0, 2.0, -1.0, 3.0]]), torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    expected = sum(_focal_by_hand(a, b) for a, b in zip(logits[0].tolist(), targets[0].tolist())) / 4
+    assert torch.allclose(sigmoid_focal_loss(logits, targets, binary_targets=True), torch.tensor([expected]), atol=1e-6)
+
+
+def test_binary_focal_loss_keeps_only_its_inputs_for_backward():
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(4, 1000, requires_grad=True)
+    y = (torch.rand(4, 1000) > 0.5).float()
+    logits = x * 1.0  # a non-leaf, as in the criterion
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sigmoid_focal_loss(logits, y, binary_targets=True)
+    fused = sum(storages.values())
+    storages.clear()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        sigmoid_focal_loss(logits, y)
+    general = sum(storages.values())
+    assert fused == 2 * 4 * 1000 * 4  # logits and targets only
+    assert general >= 3 * fused
 
 
 def test_dice_loss_matches_hand_computation():

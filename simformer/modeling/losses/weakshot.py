@@ -54,7 +54,7 @@ def complementary_loss(region_logits, target, focal_weight: float = 20.0, dice_w
     if region_logits.shape[0] == 0:
         return region_logits.sum() * 0.0
     target = target.to(region_logits.dtype)
-    per_image = focal_weight * sigmoid_focal_loss(region_logits, target) + dice_weight * dice_loss(region_logits, target)
+    per_image = focal_weight * sigmoid_focal_loss(region_logits, target, binary_targets=True) + dice_weight * dice_loss(region_logits, target)
     return per_image.sum() / (region_logits.shape[0] + 1e-5)
 
 
