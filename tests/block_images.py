@@ -51,6 +51,16 @@ def per_pixel_tiny(num_classes: int, dim: int):
     ]  # fmt: skip
 
 
+def maskformer_tiny(num_classes: int, dim: int):
+    """:func:`per_pixel_tiny` plus a tiny query decoder: ``dim``-d, FFN 64, 6 queries, 2 layers."""
+    return per_pixel_tiny(num_classes, dim) + [
+        "MODEL.MASK_FORMER.HIDDEN_DIM", str(dim),
+        "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
+        "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+    ]  # fmt: skip
+
+
 def train_steps(model, optimizer, batches):
     """One optimizer step per batch, asserting every loss term finite.
     Returns (the total loss of each step, the last step's loss dict)."""

@@ -15,14 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MASKFORMER = os.path.join(REPO, "configs", "synthetic", "maskformer_R18_fully_supervised.yaml")
 MASKFORMER_SSA = os.path.join(REPO, "configs", "synthetic", "ssa", "maskformer_R18_ssa.yaml")
 K, DIM, SIZE = 5, 32, 64
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(K),
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", str(DIM),
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", str(DIM),
-    "MODEL.MASK_FORMER.HIDDEN_DIM", str(DIM),
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+TINY = block_images.maskformer_tiny(K, DIM) + [
     "MODEL.MASK_FORMER.DROPOUT", "0.0",  # no random masks: the two layouts see identical computations
     # frozen BatchNorm: batch statistics over the 2x2 res5 maps of a 64-px batch amplify float32 rounding
     # (different summation orders of the two layouts) to ~1e-2 in the backbone gradients

@@ -35,15 +35,7 @@ MASKFORMER_SSA = os.path.join(REPO, "configs", "synthetic", "ssa", "maskformer_R
 SEG_SSA = os.path.join(REPO, "configs", "synthetic", "simformer", "seg_ssa.yaml")
 IGNORE = 255
 K, DIM, SIZE = 5, 32, 64
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(K),
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", str(DIM),
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", str(DIM),
-    "MODEL.MASK_FORMER.HIDDEN_DIM", str(DIM),
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "SOLVER.BASE_LR", "1e-3",
+TINY = block_images.maskformer_tiny(K, DIM) + [
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.CROP.SIZE", "(48, 48)",
     "INPUT.SIZE_DIVISIBILITY", "64",
