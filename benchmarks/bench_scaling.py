@@ -101,15 +101,18 @@ def _activations(r):
     return max(r["delta"] - r["state"], 1)
 
 
+def _growths(xs, results):
+    """Growth of step time, CPU time and activation memory along ``xs`` (see :func:`growth`)."""
+    return (growth(xs, [r["step_s"] for r in results]), growth(xs, [r["cpu_s"] for r in results]),
+            growth(xs, [_activations(r) for r in results]))  # fmt: skip
+
+
 def print_size_series(sizes, results, batch):
     print(f"\n1. MaskFormer-R50, batch {batch}: training step vs input size")
     print(f"{'size':>6}{'pixels':>10}{'step (s)':>10}{'CPU (s)':>10}{'peak total':>12}{'delta':>8}{'delta - state':>15}  (MiB; state = grads + AdamW moments)")
     for s, r in zip(sizes, results):
         print(f"{s:>6}{s * s:>10,d}{r['step_s']:10.3f}{r['cpu_s']:10.3f}{_mib(r['peak']):12.0f}{_mib(r['delta']):8.0f}{_mib(_activations(r)):15.0f}")
-    pixels = [s * s for s in sizes]
-    t = growth(pixels, [r["step_s"] for r in results])
-    c = growth(pixels, [r["cpu_s"] for r in results])
-    m = growth(pixels, [_activations(r) for r in results])
+    t, c, m = _growths([s * s for s in sizes], results)
     print(f"{'growth':>13}{'pixels x':>10}{'time x':>9}{'exp':>6}{'CPU x':>8}{'exp':>6}{'(delta-state) x':>17}{'exp':>6}")
     for a, b, d in zip(t, m, c):
         print(f"{int(math.sqrt(a['from'])):>5}->{int(math.sqrt(a['to'])):<5}{'':2}{a['x_ratio']:8.2f}{a['y_ratio']:9.2f}{a['exponent']:6.2f}{d['y_ratio']:8.2f}{d['exponent']:6.2f}{b['y_ratio']:17.2f}{b['exponent']:6.2f}")
@@ -127,9 +130,7 @@ def print_pair_series(pairs, crosim, plain, size):
     for p, c, s in zip(pairs, crosim, plain):
         cost = f"{100 * (c['cpu_s'] / s['cpu_s'] - 1):+.0f} %"
         print(f"{p:>6}{2 * p:>8}{c['step_s']:12.3f}{s['step_s']:10.3f}{c['cpu_s']:16.3f}{s['cpu_s']:13.3f}{cost:>13}{_mib(c['peak']):17.0f} / {_mib(c['delta']):<6.0f}{_mib(s['peak']):14.0f} / {_mib(s['delta']):<6.0f}")
-    t = growth(pairs, [r["step_s"] for r in crosim])
-    c = growth(pairs, [r["cpu_s"] for r in crosim])
-    m = growth(pairs, [_activations(r) for r in crosim])
+    t, c, m = _growths(pairs, crosim)
     print(f"{'growth':>13}{'pairs x':>9}{'time x':>9}{'exp':>6}{'CPU x':>8}{'exp':>6}{'(delta-state) x':>17}{'exp':>6}   (crosim; cost = CPU time vs seg)")
     for a, b, d in zip(t, m, c):
         print(f"{int(a['from']):>5}->{int(a['to']):<5}{'':3}{a['x_ratio']:8.2f}{a['y_ratio']:9.2f}{a['exponent']:6.2f}{d['y_ratio']:8.2f}{d['exponent']:6.2f}{b['y_ratio']:17.2f}{b['exponent']:6.2f}")

@@ -242,16 +242,8 @@ def test_ccs_per_pixel_model_trains():
     optimizer = build_optimizer(cfg, model)
     classifier = model.sem_seg_head.classifier
     batch = _batch(0)
-    history = []
-    for _ in range(4):
-        losses = model(batch)
-        assert set(losses) == {"loss_sem_seg", "loss_ccs_coarse", "loss_ccs_intra", "loss_ccs_inter"}
-        assert all(torch.isfinite(v) for v in losses.values()), losses
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        history.append(float(total.detach()))
+    history, losses = block_images.train_steps(model, optimizer, [batch] * 4)  # asserts finite losses
+    assert set(losses) == {"loss_sem_seg", "loss_ccs_coarse", "loss_ccs_intra", "loss_ccs_inter"}
     assert history[-1] < history[0], history
     assert classifier.fusion[-1].weight.abs().sum() > 0  # the adaptation branch left its zero init
     assert classifier.gate.grad is not None and classifier.gate.grad.abs().sum() > 0
