@@ -31,6 +31,7 @@ setup(
     entry_points={
         "console_scripts": [
             "simformer-train=simformer.tools.train:main",
+            "simformer-pipeline=simformer.tools.pipeline:main",
             "simformer-predict=simformer.tools.predict:main",
             "simformer-plot=simformer.tools.plot:main",
             "simformer-convert-weights=simformer.tools.convert_weights:main",

@@ -1,80 +1,311 @@
 #!/usr/bin/env python
-"""The weak-shot ablation table on the synthetic split, with one command (tens of minutes on a CPU):
+"""The weak-shot ablation on the synthetic split, every row on several seeds, in one command:
 
-    python benchmarks/weakshot_ablation.py [--output-dir output/ablation] [--num-gpus N] [KEY VALUE ...]
+    python benchmarks/weakshot_ablation.py [--seeds 1 2 3] [--jobs 2] [--rows oracle,seg,...]
+                                           [--output-dir output/ablation] [KEY VALUE ...]
 
-Rows (same model and schedule, configs/synthetic/simformer/):
-  (a) oracle: novel classes with pixel labels          (oracle.yaml)
-  (b) base-only: novel classes unseen                  (base_only.yaml)
-  (c) proposal-pixel transfer                          (seg_no_comp.yaml)
-  (d) (c) + complementary loss                         (seg.yaml)
-  (e) (d) + pixel-pixel similarity transfer            (seg_crosim.yaml)
-  (f) (e) + pseudo-labels + retraining                 (tools/weakshot_pipeline.py: seg_crosim -> retraining.yaml)
-Finished rows are skipped, so re-running completes an interrupted table. Prints the table and the two
-targets: novel mIoU of (f) >= 0.6 x the oracle's, base mIoU of (f) within 5 points of the oracle's.
+Rows (one model and schedule for all: configs/synthetic/simformer/Base-simformer-synthetic.yaml):
+
+  oracle        novel classes with pixel labels (the upper bound)               oracle.yaml
+  base_only     novel classes unseen                                             base_only.yaml
+  no_comp       proposal-pixel transfer (novel matched by class score)           seg_no_comp.yaml
+  seg           + complementary loss                                              seg.yaml
+  crosim        + pixel-pixel similarity transfer                                 seg_crosim.yaml
+  ssa           seg + SSA as the pixel classification layer (SSA's map)           seg_ssa.yaml
+  seg_retrain   seg -> pseudo-labels -> retraining from scratch (the paper)       retraining.yaml
+  crosim_retrain  crosim -> pseudo-labels -> retraining from scratch              retraining.yaml
+  seg_warm      seg -> pseudo-labels -> retraining started from stage 1's weights
+  crosim_warm   crosim -> pseudo-labels -> retraining started from stage 1's weights
+
+`--jobs` runs go side by side, each with cores / jobs threads (OMP_NUM_THREADS; OMP_WAIT_POLICY=PASSIVE).
+Every run folder records its inputs (``stage.json``, as the pipeline does): re-running the command skips
+finished runs, resumes interrupted ones and re-runs those whose config changed, so an interrupted table is
+completed by running the command again. After every finished run it rewrites
+
+  <output-dir>/ablation.md, ablation.png         table (mean ± std, per-seed values) and bar plot
+  benchmarks/results/weakshot_ablation.json     {"rows": [{"name", "config", "stage", "in_main_job",
+                                                  "seeds", "base", "novel", "hiou", ...}]} (one value per seed)
 """
 import argparse
+import json
 import os
-import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import simformer  # noqa: E402,F401
-from simformer.engine.pipeline import METRIC_KEYS, REPO, run_pipeline, stage_metrics  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
+import simformer  # noqa: E402,F401
+from simformer.engine.pipeline import _run, mark_stage_done, prepare_stage_dir, run_pipeline, stage_identity  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "synthetic", "simformer")
-ROWS = [
-    ("a", "oracle (novel pixel labels)", "oracle.yaml"),
-    ("b", "base-only (novel unseen)", "base_only.yaml"),
-    ("c", "proposal-pixel transfer", "seg_no_comp.yaml"),
-    ("d", "(c) + complementary loss", "seg.yaml"),
-]
 TEST_SET = "synthetic_ws_val"
+RESULTS = os.path.join(REPO, "benchmarks", "results", "weakshot_ablation.json")
+# The README's main job (tools/run_main.sh): stage-1 config and retraining start.
+MAIN_JOB = {"stage1": "seg_ssa.yaml", "retrain_init": "stage1"}
+
+# name -> (label, config, stage, task, row kind); a pipeline task gives a stage-1 and a stage-2 row.
+ROWS = {
+    "oracle": ("oracle: novel classes with pixel labels", "oracle.yaml", "oracle"),
+    "base_only": ("base-only: novel classes unseen", "base_only.yaml", 1),
+    "no_comp": ("proposal-pixel transfer", "seg_no_comp.yaml", 1),
+    "seg": ("+ complementary loss (seg)", "seg.yaml", 1),
+    "crosim": ("+ pixel-pixel transfer (seg_crosim)", "seg_crosim.yaml", 1),
+    "ssa": ("seg + SSA pixel layer (seg_ssa)", "seg_ssa.yaml", 1),
+    "seg_retrain": ("seg -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
+    "crosim_retrain": ("seg_crosim -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
+    "ssa_retrain": ("seg_ssa -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
+    "seg_warm": ("seg -> pseudo-labels -> retraining (warm start)", "retraining.yaml", 2),
+    "crosim_warm": ("seg_crosim -> pseudo-labels -> retraining (warm start)", "retraining.yaml", 2),
+    "ssa_warm": ("seg_ssa -> pseudo-labels -> retraining (warm start)", "retraining.yaml", 2),
+}
+# stage-2 row -> (stage-1 row, retraining start)
+PIPELINES = {
+    "seg_retrain": ("seg", "scratch"), "crosim_retrain": ("crosim", "scratch"), "ssa_retrain": ("ssa", "scratch"),
+    "seg_warm": ("seg", "stage1"), "crosim_warm": ("crosim", "stage1"), "ssa_warm": ("ssa", "stage1"),
+}  # fmt: skip
+DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
+
+
+def _full_metrics(run_dir):
+    path = os.path.join(run_dir, "inference", TEST_SET, "sem_seg_evaluation.pth")
+    return {k: float(v) for k, v in torch.load(path, weights_only=False).items()} if os.path.isfile(path) else None
+
+
+def _train(run_dir, config, seed, opts, log_file):
+    """One training run with the pipeline's stage rule (skip if done with the same inputs)."""
+    run_opts = list(opts) + ["SEED", str(seed), "TEST.NUM_VIS_OVERLAYS", "0"]
+    identity = stage_identity(config, run_opts)
+    if not prepare_stage_dir(run_dir, identity, log=lambda m: _log(m, log_file)):
+        cmd = [sys.executable, "-m", "simformer.tools.train", "--resume", "--config-file", config, *run_opts, "OUTPUT_DIR", run_dir]
+        seconds = _run(cmd, lambda m: _log(m, log_file), log_file)
+        mark_stage_done(run_dir, identity, seconds=seconds)
+
+
+def _log(msg, log_file):
+    with open(log_file, "a") as f:
+        f.write(msg + "\n")
+
+
+def _stage_seconds(run_dir):
+    try:
+        with open(os.path.join(run_dir, "stage.json")) as f:
+            return json.load(f).get("seconds")
+    except (OSError, ValueError):
+        return None
+
+
+class Ablation:
+    def __init__(self, out, seeds, opts, results_file):
+        self.out, self.seeds, self.opts, self.results_file = out, seeds, list(opts), results_file
+        self.lock = threading.Lock()
+
+    def run_dir(self, row, seed):
+        return os.path.join(self.out, row, f"seed{seed}")
+
+    def pipeline_dir(self, stage1_row, init, seed):
+        return os.path.join(self.out, f"pipeline_{stage1_row}_{init}", f"seed{seed}")
+
+    def stage1_dir(self, row, seed):
+        """Stage-1 rows are trained once, inside the first pipeline that needs them (shared by both starts)."""
+        return os.path.join(self.out, f"pipeline_{row}", f"seed{seed}", "stage1")
+
+    def task(self, row, seed):
+        log_file = os.path.join(self.out, "logs", f"{row}_seed{seed}.log")
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        start = time.perf_counter()
+        config = os.path.join(CONFIGS, ROWS[row][1])
+        opts = self.opts + ["SEED", str(seed)]
+        if row in PIPELINES:
+            s1, init = PIPELINES[row]
+            s1_config = os.path.join(CONFIGS, ROWS[s1][1])
+            # the stage-1 model is shared: the pipeline folder's stage1/ is a link to the stage-1 row's run
+            pdir = self.pipeline_dir(s1, init, seed)
+            os.makedirs(pdir, exist_ok=True)
+            link = os.path.join(pdir, "stage1")
+            if not os.path.lexists(link):
+                os.symlink(os.path.relpath(self.stage1_dir(s1, seed), pdir), link)
+            run_pipeline(s1_config, config, pdir, opts=opts + ["TEST.NUM_VIS_OVERLAYS", "0"], log=lambda m: _log(m, log_file),
+                         retrain_init=init, log_file=log_file)  # fmt: skip
+        elif ROWS[row][2] == 1 and row in {s for s, _ in PIPELINES.values()}:
+            _train(self.stage1_dir(row, seed), config, seed, self.opts, log_file)
+        else:
+            _train(self.run_dir(row, seed), config, seed, self.opts, log_file)
+        return row, seed, time.perf_counter() - start
+
+    def row_dir(self, row, seed):
+        if row in PIPELINES:
+            s1, init = PIPELINES[row]
+            return os.path.join(self.pipeline_dir(s1, init, seed), "retrain")
+        if row in {s for s, _ in PIPELINES.values()}:
+            return self.stage1_dir(row, seed)
+        return self.run_dir(row, seed)
+
+    def collect(self, rows):
+        records = []
+        for row in rows:
+            label, config, stage = ROWS[row]
+            rec = {"name": row, "label": label, "config": f"configs/synthetic/simformer/{config}", "stage": stage,
+                   "in_main_job": _in_main_job(row), "seeds": [], "base": [], "novel": [], "hiou": [], "miou": [], "minutes": []}  # fmt: skip
+            if row in PIPELINES:
+                rec["stage1"], rec["retrain_init"] = PIPELINES[row]
+                rec["pseudo_label_novel_iou"], rec["pseudo_label_coverage"] = [], []
+            for seed in self.seeds:
+                m = _full_metrics(self.row_dir(row, seed))
+                if m is None:
+                    continue
+                rec["seeds"].append(seed)
+                rec["base"].append(round(m["mIoU_base"], 2))
+                rec["novel"].append(round(m["mIoU_novel"], 2))
+                rec["hiou"].append(round(m["hIoU"], 2))
+                rec["miou"].append(round(m["mIoU"], 2))
+                sec = _stage_seconds(self.row_dir(row, seed))
+                rec["minutes"].append(round(sec / 60, 1) if sec else None)
+                if row == "oracle":
+                    rec.setdefault("per_class_iou", []).append({k[4:]: round(v, 1) for k, v in m.items() if k.startswith("IoU-")})
+                if row in PIPELINES:
+                    s1, init = PIPELINES[row]
+                    try:
+                        with open(os.path.join(self.pipeline_dir(s1, init, seed), "pseudo_labels", "pseudo_labels.json")) as f:
+                            pl = json.load(f)
+                        rec["pseudo_label_novel_iou"].append(round(pl.get("quality_mIoU_novel", float("nan")), 2))
+                        rec["pseudo_label_coverage"].append(round(pl.get("labelled_fraction", float("nan")), 2))
+                    except OSError:
+                        pass
+            records.append(rec)
+        return records
+
+    def write(self, rows):
+        with self.lock:
+            records = self.collect(rows)
+            os.makedirs(os.path.dirname(self.results_file), exist_ok=True)
+            payload = {"benchmark": "synthetic_ws (open variant), benchmarks/weakshot_ablation.py", "test_set": TEST_SET,
+                       "opts": self.opts, "main_job": MAIN_JOB, "rows": records}  # fmt: skip
+            tmp = self.results_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(payload, f, indent=1)
+            os.replace(tmp, self.results_file)
+            table = format_table(records)
+            with open(os.path.join(self.out, "ablation.md"), "w") as f:
+                f.write(table + "\n")
+            try:
+                plot(records, os.path.join(self.out, "ablation.png"))
+            except Exception as e:  # noqa: BLE001  (the table matters more than the picture)
+                print(f"plot not written: {e}")
+            return table
+
+
+def _in_main_job(row):
+    stage1 = {"seg.yaml": "seg", "seg_crosim.yaml": "crosim", "seg_ssa.yaml": "ssa"}[MAIN_JOB["stage1"]]
+    return row == stage1 or PIPELINES.get(row) == (stage1, MAIN_JOB["retrain_init"])
+
+
+def _ms(values):
+    if not values:
+        return "-"
+    a = np.asarray(values, dtype=np.float64)
+    return f"{a.mean():.1f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.1f}"
+
+
+def format_table(records):
+    lines = ["| row | stage | seeds | base mIoU | novel mIoU | hIoU | hIoU per seed | main job |", "|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        if not r["seeds"]:
+            continue
+        per_seed = " / ".join(f"{v:.1f}" for v in r["hiou"])
+        lines.append(f"| {r['label']} | {r['stage']} | {len(r['seeds'])} | {_ms(r['base'])} | {_ms(r['novel'])} | {_ms(r['hiou'])} | {per_seed} | {'yes' if r['in_main_job'] else ''} |")
+    return "\n".join(lines)
+
+
+def plot(records, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [r for r in records if r["seeds"]]
+    if not records:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(records)), 4))
+    width = 0.27
+    for k, (key, colour) in enumerate((("base", "tab:blue"), ("novel", "tab:orange"), ("hiou", "tab:green"))):
+        xs = np.arange(len(records)) + (k - 1) * width
+        means = [np.mean(r[key]) for r in records]
+        stds = [np.std(r[key], ddof=1) if len(r[key]) > 1 else 0 for r in records]
+        ax.bar(xs, means, width, yerr=stds, capsize=3, color=colour, label={"hiou": "hIoU"}.get(key, key + " mIoU"))
+        for x, r in zip(xs, records):
+            ax.scatter([x] * len(r[key]), r[key], s=8, color="black", zorder=3)
+    ax.set_xticks(np.arange(len(records)))
+    ax.set_xticklabels([r["name"] for r in records], rotation=30, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_title("synthetic weak-shot ablation: mean ± std over seeds (dots: seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="output/ablation")
-    parser.add_argument("--num-gpus", type=int, default=1)
-    parser.add_argument("--rows", default="abcdef", help="subset of rows to run, e.g. 'af'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets cores / jobs threads)")
+    parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows, in the order to run them; any of {', '.join(ROWS)}")
+    parser.add_argument("--results", default=RESULTS, help="the committed JSON record")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; expected some of {list(ROWS)}")
+    if len(args.opts) % 2:
+        parser.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+    threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = os.path.abspath(args.output_dir)
-    results, minutes = {}, {}
-    for key, label, config in ROWS:
-        if key not in args.rows:
-            continue
-        run_dir = os.path.join(out, os.path.splitext(config)[0])
-        if stage_metrics(run_dir, TEST_SET) is None:
-            print(f"==> ({key}) {label}: training {config}", flush=True)
-            start = time.perf_counter()
-            cmd = [sys.executable, os.path.join(REPO, "train_net.py"), "--num-gpus", str(args.num_gpus), "--resume",
-                   "--config-file", os.path.join(CONFIGS, config), *args.opts, "OUTPUT_DIR", run_dir]  # fmt: skip
-            subprocess.run(cmd, check=True, cwd=REPO)
-            minutes[key] = (time.perf_counter() - start) / 60
-        results[key] = stage_metrics(run_dir, TEST_SET)
-    if "e" in args.rows or "f" in args.rows:
-        rows = run_pipeline(os.path.join(CONFIGS, "seg_crosim.yaml"), os.path.join(CONFIGS, "retraining.yaml"), os.path.join(out, "pipeline"), args.num_gpus, args.opts)
-        results["e"], results["f"] = rows[0]["metrics"], rows[2]["metrics"]
-        minutes["e"], minutes["f"] = rows[0]["seconds"] and rows[0]["seconds"] / 60, rows[2]["seconds"] and rows[2]["seconds"] / 60
-    labels = dict((k, lab) for k, lab, _ in ROWS) | {"e": "(d) + pixel-pixel similarity transfer", "f": "(e) + pseudo-labels + retraining"}
-    lines = ["| row | setting | mIoU | base mIoU | novel mIoU | hIoU | minutes |", "|---|---|---|---|---|---|---|"]
-    for key in "abcdef":
-        if key in results and results[key]:
-            m = results[key]
-            cells = " | ".join(f"{m[k]:.1f}" for k in METRIC_KEYS)
-            mins = f"{minutes[key]:.1f}" if minutes.get(key) else "done before"
-            lines.append(f"| ({key}) | {labels[key]} | {cells} | {mins} |")
-    table = "\n".join(lines)
+    ab = Ablation(out, args.seeds, args.opts, os.path.abspath(args.results))
+    # seed-major order within each row, so a row's seeds finish together; stage-1 rows before their pipelines
+    order = []
+    for row in rows:
+        if row in PIPELINES and PIPELINES[row][0] not in rows:
+            rows.append(PIPELINES[row][0])
+    for row in rows:
+        order += [(row, s) for s in args.seeds]
+    done = {}
+    events = {(r, s): threading.Event() for r, s in order}
+
+    def run(row, seed):
+        if row in PIPELINES:  # wait for the stage-1 run of the same seed
+            events[(PIPELINES[row][0], seed)].wait()
+        try:
+            return ab.task(row, seed)
+        finally:
+            events[(row, seed)].set()
+
+    # a pipeline waits for its stage-1 run of the same seed, which comes earlier in the order (FIFO pool)
+    order.sort(key=lambda rs: max(rows.index(rs[0]), rows.index(PIPELINES[rs[0]][0]) + 1) if rs[0] in PIPELINES else rows.index(rs[0]))
+    t0 = time.perf_counter()
+    print(f"{len(order)} runs, {args.jobs} at a time, {threads} thread(s) each; logs in {out}/logs", flush=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run, r, s): (r, s) for r, s in order}
+        for fut in as_completed(futures):
+            r, s = futures[fut]
+            try:
+                _, _, sec = fut.result()
+                done[(r, s)] = sec
+                print(f"[{(time.perf_counter() - t0) / 60:6.1f} min] {r} seed {s}: done in {sec / 60:.1f} min ({len(done)}/{len(order)})", flush=True)
+            except Exception as e:  # noqa: BLE001
+                print(f"[{(time.perf_counter() - t0) / 60:6.1f} min] {r} seed {s}: FAILED: {e}", flush=True)
+            ab.write(rows)
+    table = ab.write(rows)
     print("\n" + table)
-    if results.get("a") and results.get("f"):
-        a, f = results["a"], results["f"]
-        ratio = f["mIoU_novel"] / max(a["mIoU_novel"], 1e-9)
-        print(f"\n(f) novel / oracle novel = {ratio:.2f} (target >= 0.6); base gap = {a['mIoU_base'] - f['mIoU_base']:.1f} points (target <= 5)")
-    with open(os.path.join(out, "ablation.md"), "w") as fh:
-        fh.write(table + "\n")
+    print(f"\nresults: {ab.results_file}; plot: {out}/ablation.png")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Bad inputs: each gives an error naming the file or key and what was expected (issue #9, Reliability).
 
-Decided behaviours (not errors): grayscale and RGBA images are read as RGB (gray replicated, alpha
-dropped); 16-bit grayscale images are reduced to 8 bits by their high byte (as Pillow does for 16-bit
+Decided behaviours (not errors): grayscale and RGBA images are read as RGB (gray replicated, transparency
+composited over white, the same on every path: training, evaluation, pseudo-labels, prediction); 16-bit grayscale images are reduced to 8 bits by their high byte (as Pillow does for 16-bit
 RGB PNGs); 16-bit label PNGs with ids > 255 are fine when the ids are valid; weights for another number
 of classes are skipped with one warning listing the tensors when training starts from MODEL.WEIGHTS
 (fine-tuning on another label set), and are an error when resuming or with --eval-only.
@@ -167,13 +167,46 @@ def test_record_size_differs_from_image(pair):
 def test_grayscale_and_rgba_images_are_read_as_rgb(pair, tmp_path):
     rgb = _image()
     gray = _save(tmp_path / "img" / "gray.png", rgb[..., 0])
-    rgba = _save(tmp_path / "img" / "rgba.png", np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]))
+    rgba = _save(tmp_path / "img" / "rgba.png", np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]))  # opaque
     out = _mapper()(_record(gray, pair[1]))["image"]
     assert out.shape == (3, 16, 16) and all(torch.equal(out[c], torch.from_numpy(rgb[..., 0])) for c in range(3))
     out = _mapper()(_record(rgba, pair[1]))["image"]
     assert torch.equal(out, torch.from_numpy(rgb).permute(2, 0, 1))
     test_out = SemSegTestMapper(_cfg([]))({"file_name": gray})["image"]  # the inference mapper reads the same way
     assert test_out.shape == (3, 16, 16) and torch.equal(test_out[2], torch.from_numpy(rgb[..., 0]))
+
+
+def _transparent_images(d):
+    """RGBA, LA and palette-with-transparency files with fully and half transparent pixels."""
+    rgb = _image()
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:, :4], alpha[:, 4:8] = 0, 128
+    paths = {"rgba": _save(d / "rgba.png", np.dstack([rgb, alpha])), "la": _save(d / "la.png", np.dstack([rgb[..., 0], alpha]), mode="LA")}
+    index = (rgb[..., 0] % 15 + 1).astype(np.uint8)
+    index[:, :4] = 0  # the transparent palette entry
+    pal = Image.fromarray(index, mode="P")
+    pal.putpalette(np.random.RandomState(1).randint(0, 255, 16 * 3).astype(np.uint8).tolist())
+    pal.save(str(d / "pal.png"), transparency=0)
+    paths["palette"] = str(d / "pal.png")
+    return paths
+
+
+def test_transparent_images_give_the_same_pixels_on_every_path(pair, tmp_path):
+    """One reader, one rule (transparency over white) for training, evaluation / pseudo-labels (the test
+    mapper) and simformer-predict; it used to drop alpha in training and composite in prediction."""
+    from simformer.data.image_io import read_image_file
+    from simformer.tools.predict import load_image
+
+    for kind, path in _transparent_images(tmp_path / "img").items():
+        train = _mapper()(_record(path, pair[1]))["image"].permute(1, 2, 0).numpy()
+        test = SemSegTestMapper(_cfg([]))({"file_name": path})["image"].permute(1, 2, 0).numpy()
+        predict, info = load_image(path)
+        assert np.array_equal(train, test) and np.array_equal(train, predict), kind
+        assert (predict[:, :4] == 255).all(), kind  # fully transparent = white
+        rgba = np.asarray(Image.open(path).convert("RGBA")).astype(np.float64)
+        expected = rgba[..., :3] * rgba[..., 3:] / 255 + 255 * (1 - rgba[..., 3:] / 255)
+        assert np.abs(predict.astype(np.float64) - expected).max() <= 1, kind
+        assert np.array_equal(read_image_file(path, "RGB"), predict)
 
 
 def test_16bit_grayscale_image_is_reduced_to_8bit(pair, tmp_path):

@@ -1,11 +1,13 @@
-"""Read image / label files with errors that name the file and say what was expected.
+"""The one reader of image and label files: training, evaluation, pseudo-labels and prediction all read
+through here, so one file gives the same pixels on every path. Errors name the file and what was expected.
 
-Image modes (``format`` given, e.g. ``"RGB"``): 8-bit grayscale / palette / RGB / RGBA / CMYK files
-are converted by detectron2's ``convert_PIL_to_numpy`` (grayscale replicated to 3 channels, alpha
-dropped). 16-bit files are reduced to 8 bits by their high byte -- what Pillow itself does for 16-bit
-RGB PNGs -- so a 16-bit grayscale PNG is not clipped to white by a plain ``convert("RGB")``. 32-bit
-integer and float images are rejected. Label maps (``format=None``) are returned as stored (8- or
-16-bit integers); float label maps are rejected.
+Images (``format`` given, e.g. ``"RGB"``), as they are displayed: EXIF orientation applied; transparency
+(RGBA, LA, PA, a palette with a transparent colour) composited over white; 8-bit grayscale / palette / RGB /
+CMYK converted by detectron2's ``convert_PIL_to_numpy`` (grayscale replicated to 3 channels). 16-bit
+files are reduced to 8 bits by their high byte -- what Pillow itself does for 16-bit RGB PNGs -- so a
+16-bit grayscale PNG is not clipped to white by a plain ``convert("RGB")``. 32-bit integer and float
+images are rejected. Label maps (``format=None``, :func:`read_label_file`) are returned as stored (8- or
+16-bit integers, one channel); float label maps are rejected.
 """
 import logging
 
@@ -14,7 +16,11 @@ from detectron2.data import detection_utils as utils
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-__all__ = ["read_image_file", "ImageReadError"]
+__all__ = ["read_image_file", "read_label_file", "ImageReadError", "IMAGE_EXTENSIONS"]
+
+# File extensions taken as images when listing folders (datasets, prediction inputs).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +42,15 @@ def _to_8bit(image, path):
     return Image.fromarray((arr >> 8).clip(0, 255).astype(np.uint8), mode="L")
 
 
-def read_image_file(path, format=None, *, what="image"):
-    """Like ``detectron2.data.detection_utils.read_image`` (EXIF orientation applied), with clear errors.
+def _over_white(image):
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def read_image_file(path, format=None, *, what="image", info=None):
+    """Like ``detectron2.data.detection_utils.read_image`` (EXIF orientation applied), with the module's
+    rules and clear errors. ``info``: a dict to fill with ``mode``, ``size`` (W, H as stored),
+    ``exif_rotated`` and, for multi-frame files (first frame read), ``frames``.
 
     Raises ``FileNotFoundError`` (missing file) or :class:`ImageReadError` (an ``OSError``: truncated /
     corrupt file, unsupported mode), both naming ``what`` and the path.
@@ -45,18 +58,23 @@ def read_image_file(path, format=None, *, what="image"):
     try:
         with PathManager.open(path, "rb") as f:
             image = Image.open(f)
-            mode = image.mode
-            if format is not None:
-                if mode in _16BIT_MODES or (mode == "I" and image.format == "PNG"):  # PNG stores at most 16 bits
-                    image = _to_8bit(image, path)
-                elif mode in ("I", "F"):
-                    raise ImageReadError(
-                        f"{what} file '{path}' has mode {mode!r} (32-bit {'float' if mode == 'F' else 'integer'}); "
-                        "expected an 8- or 16-bit grayscale, RGB or RGBA image"
-                    )
-            elif mode == "F":
+            mode, file_format = image.mode, image.format
+            if info is not None:
+                info.update(mode=mode, size=list(image.size), exif_rotated=_orientation(image) not in (None, 1))
+                if getattr(image, "n_frames", 1) > 1:
+                    info["frames"] = image.n_frames
+            if mode == "F":
+                if format is not None:
+                    raise ImageReadError(f"{what} file '{path}' has mode 'F' (32-bit float); expected an 8- or 16-bit grayscale, RGB or RGBA image")
                 raise ImageReadError(f"{what} file '{path}' is a float image (mode 'F'); expected an integer label map (8- or 16-bit PNG)")
-            image = utils._apply_exif_orientation(image)
+            image = utils._apply_exif_orientation(image)  # first: the conversions below drop EXIF
+            if format is not None:
+                if mode in _16BIT_MODES or (mode == "I" and file_format == "PNG"):  # PNG stores at most 16 bits
+                    image = _to_8bit(image, path)
+                elif mode == "I":
+                    raise ImageReadError(f"{what} file '{path}' has mode 'I' (32-bit integer); expected an 8- or 16-bit grayscale, RGB or RGBA image")
+                elif mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+                    image = _over_white(image)
             return utils.convert_PIL_to_numpy(image, format)
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file '{path}' does not exist") from None
@@ -64,3 +82,18 @@ def read_image_file(path, format=None, *, what="image"):
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageReadError(f"{what} file '{path}' cannot be decoded ({type(e).__name__}: {e}); expected a complete image file (truncated or corrupt?)") from e
+
+
+def _orientation(image):
+    try:
+        return image.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001  (malformed EXIF: the pixels are used as stored)
+        return 1
+
+
+def read_label_file(path, *, what="label"):
+    """A label map of class ids (one channel, 8- or 16-bit) as (H, W) int64; errors name the file."""
+    label = read_image_file(path, what=what)
+    if label.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel label PNG (H, W) of class ids ({what} file), got shape {label.shape}")
+    return label.astype(np.int64)

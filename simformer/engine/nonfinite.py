@@ -18,6 +18,8 @@ import torch.distributed as dist
 from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 
+from ..utils import d2compat
+
 __all__ = ["NonFiniteLossError", "nonfinite_terms", "check_losses", "GuardedSimpleTrainer"]
 
 
@@ -86,7 +88,7 @@ def _checked_forward(trainer, autocast_ctx=None):
     """Next batch -> (total loss, loss dict, data time), with the loss terms checked before any backward;
     on a non-finite term the model's buffers are put back and :class:`NonFiniteLossError` is raised."""
     start = time.perf_counter()
-    data = next(trainer._data_loader_iter)
+    data = d2compat.next_batch(trainer)
     data_time = time.perf_counter() - start
     buffers = _BufferSnapshot(trainer.model)
     if autocast_ctx is None:

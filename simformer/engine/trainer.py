@@ -34,6 +34,7 @@ from ..evaluation import SemSegEvaluator
 from ..data.train_loader import ResumableTrainLoader, build_resumable_train_loader, check_dataset_names
 from ..evaluation.pseudo_labels import PseudoLabelWriter
 from ..modeling.sliding_window import SlidingWindowInference
+from ..utils import d2compat
 from .checkpoint import AtomicCheckpointer, capture_rng_states, restore_rng_states
 from .hooks import IterationSeed
 from .amp import AutocastTrainer, amp_dtype
@@ -45,8 +46,7 @@ __all__ = ["Trainer"]
 logger = logging.getLogger(__name__)
 
 
-# detectron2 > 0.6 saves the optimizer (``_trainer``) in DefaultTrainer.state_dict itself
-_D2_SAVES_OPTIMIZER = "state_dict" in DefaultTrainer.__dict__
+_D2_SAVES_OPTIMIZER = d2compat.d2_saves_optimizer()
 
 
 class Trainer(DefaultTrainer):
@@ -65,11 +65,11 @@ class Trainer(DefaultTrainer):
             self.cfg.SOLVER.AMP.ENABLED = True
             self.cfg.freeze()
         # non-finite losses are caught before backward (same model / loader / optimizer)
-        inner = self._trainer
+        inner = d2compat.inner_trainer(self)
         if amp:
-            self._trainer = AutocastTrainer(inner.model, inner.data_loader, inner.optimizer, dtype=self.cfg.SOLVER.AMP.DTYPE)
+            d2compat.set_inner_trainer(self, AutocastTrainer(inner.model, inner.data_loader, inner.optimizer, dtype=self.cfg.SOLVER.AMP.DTYPE))
         else:
-            self._trainer = GuardedSimpleTrainer(inner.model, inner.data_loader, inner.optimizer)
+            d2compat.set_inner_trainer(self, GuardedSimpleTrainer(inner.model, inner.data_loader, inner.optimizer))
         # atomic checkpoints, also for the PeriodicCheckpointer hook built by DefaultTrainer
         self.checkpointer = AtomicCheckpointer(self.model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         for h in self._hooks:
@@ -125,7 +125,7 @@ class Trainer(DefaultTrainer):
     def state_dict(self):
         ret = super().state_dict()
         if not _D2_SAVES_OPTIMIZER:
-            ret["_trainer"] = self._trainer.state_dict()
+            ret["_trainer"] = d2compat.inner_trainer(self).state_dict()
         ret["rng_states"] = capture_rng_states()
         ret["data_seed"] = int(self.data_seed)
         ret["nonfinite_skipped_iters"] = list(self.nonfinite_skipped_iters)
@@ -135,7 +135,7 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state_dict)
         if not _D2_SAVES_OPTIMIZER:
             if "_trainer" in state_dict:
-                self._trainer.load_state_dict(state_dict["_trainer"])
+                d2compat.inner_trainer(self).load_state_dict(state_dict["_trainer"])
             else:
                 logger.warning("The checkpoint has no optimizer state (written before simformer saved it); the optimizer starts afresh")
         if "data_seed" in state_dict:
@@ -151,7 +151,7 @@ class Trainer(DefaultTrainer):
         if isinstance(loader, ResumableTrainLoader):
             # the loader starts where this run starts (0, or the iteration after the checkpoint)
             loader.seed, loader.start_iter = self.data_seed, self.start_iter
-            self._trainer._data_loader_iter = iter(loader)
+            d2compat.restart_batches(d2compat.inner_trainer(self), loader)
         try:
             return super().train()
         finally:

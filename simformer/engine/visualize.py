@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import detection_utils as utils
 
 from ..data.dataset_mappers.sem_seg_mapper import SemSegTestMapper
+from ..data.image_io import read_image_file, read_label_file
 
 __all__ = ["class_colors", "colorize", "display_info", "overlay_panel", "write_overlays"]
 
@@ -106,8 +106,8 @@ def write_overlays(cfg, model, dataset_name: str, num_images: int, output_dir: O
         inputs = mapper(record)
         scores = model([inputs])[0]["sem_seg"]
         pred = scores.argmax(0).cpu().numpy().astype(np.int64)
-        image = utils.read_image(record["file_name"], format="RGB")
-        gt = utils.read_image(record["sem_seg_file_name"]).astype(np.int64) if "sem_seg_file_name" in record else None
+        image = read_image_file(record["file_name"], format="RGB")
+        gt = read_label_file(record["sem_seg_file_name"]) if "sem_seg_file_name" in record else None
         panel = overlay_panel(image, pred, names, colors, gt=gt, ignore_label=ignore, groups=groups)
         path = os.path.join(output_dir, os.path.splitext(os.path.basename(record["file_name"]))[0] + "_overlay.png")
         cv2.imwrite(path, panel[:, :, ::-1])

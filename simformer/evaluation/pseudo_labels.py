@@ -20,6 +20,7 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from PIL import Image
 
+from ..data.image_io import read_label_file
 from ..utils.atomic_io import atomic_write
 from .confusion import confusion_matrix, segmentation_metrics
 
@@ -88,9 +89,7 @@ class PseudoLabelWriter(DatasetEvaluator):
                 if key not in inp:
                     raise KeyError(f"PseudoLabelWriter: input {inp.get('file_name', '?')} has no {key!r} (register the training split as a weak-shot dataset)")
             pred = out["sem_seg"].argmax(dim=0).cpu().numpy()
-            gt = np.asarray(Image.open(inp["sem_seg_file_name"]), dtype=np.int64)
-            if gt.ndim != 2:
-                raise ValueError(f"{inp['sem_seg_file_name']}: expected a single-channel label PNG, got shape {gt.shape}")
+            gt = read_label_file(inp["sem_seg_file_name"])
             bad = [c for c in inp["novel_tags"] if not 0 <= int(c) < self._num_classes or not self._is_novel[int(c)]]
             if bad:
                 raise ValueError(f"{inp['file_name']}: novel_tags {bad} are not novel class ids of {self._dataset_name!r}")

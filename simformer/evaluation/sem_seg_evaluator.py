@@ -6,7 +6,6 @@ from typing import Mapping, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 from tabulate import tabulate
 
 from simformer.utils import d2compat
@@ -18,6 +17,7 @@ from detectron2.evaluation.evaluator import DatasetEvaluator  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 
+from ..data.image_io import read_label_file  # noqa: E402
 from ..utils.atomic_io import atomic_write  # noqa: E402
 from .confusion import boundary_counts, boundary_metrics, confusion_matrix, segmentation_metrics, validate_groups  # noqa: E402
 
@@ -147,15 +147,7 @@ class SemSegEvaluator(DatasetEvaluator):
                     f"for {file_name}"
                 )
             pred = scores.argmax(dim=0).cpu().numpy()
-            try:
-                with PathManager.open(file_name, "rb") as f:
-                    gt = np.asarray(Image.open(f), dtype=np.int64)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"ground-truth label file '{file_name}' does not exist") from None
-            except (OSError, SyntaxError, ValueError) as e:
-                raise OSError(f"ground-truth label file '{file_name}' cannot be decoded ({type(e).__name__}: {e}); expected a complete label PNG") from e
-            if gt.ndim != 2:
-                raise ValueError(f"Ground truth {file_name} must be a single-channel label map, got shape {gt.shape}")
+            gt = read_label_file(file_name, what="ground-truth label")
             if pred.shape != gt.shape:
                 raise ValueError(
                     f"Prediction size {pred.shape[0]}x{pred.shape[1]} (HxW) differs from the ground truth size "

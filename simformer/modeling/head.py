@@ -79,10 +79,8 @@ class MaskFormerHead(nn.Module):
         if pc.NAME and pc.NAME not in CLASSIFIER_REGISTRY:
             raise KeyError(f"MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME={pc.NAME!r} is not in CLASSIFIER_REGISTRY ({sorted(k for k, _ in CLASSIFIER_REGISTRY)})")
         pixel_classifier = CLASSIFIER_REGISTRY.get(pc.NAME)(cfg, head.MASK_DIM, head.NUM_CLASSES) if pc.NAME else None
-        if pixel_classifier is not None and hasattr(pixel_classifier, "conv"):
-            # The per-image prototypes replace the classifier's fixed ones (conv.weight; its bias is still
-            # used): freeze the unused weight so DistributedDataParallel does not wait for its gradient.
-            pixel_classifier.conv.weight.requires_grad_(False)
+        if pixel_classifier is not None:
+            pixel_classifier.expect_prototypes()  # the per-image prototypes replace its own class weights
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
             "num_classes": head.NUM_CLASSES,

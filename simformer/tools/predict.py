@@ -17,7 +17,7 @@ glob patterns (quote them to let this tool expand ``**``). For every image ``<st
 
 plus ``summary.json``. Images of any size and mode are accepted (grayscale, palette, RGBA / LA composited
 over white, 16-bit, CMYK; EXIF orientation applied, as the label is then aligned with the image as
-displayed). Images are resized as at test time (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and the
+displayed), read by the same reader as training and evaluation (``simformer.data.image_io``). Images are resized as at test time (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``) and the
 scores resized back; a forward pass batches only images of the same input size, so labels do not depend
 on ``--batch-size``. Unreadable files are reported and skipped; the rest are processed. Exit status: 0 when every
 image was done, 1 when some failed, 2 when there was nothing to do or an argument was wrong.
@@ -33,13 +33,13 @@ from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from ..data.image_io import IMAGE_EXTENSIONS, read_image_file, read_label_file
 
 __all__ = ["expand_inputs", "load_image", "upsample_argmax", "Predictor", "main"]
 
 logger = logging.getLogger("simformer.predict")
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm", ".pnm")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -92,57 +92,17 @@ def _describe_error(exc: BaseException) -> str:
 
 
 def load_image(path: str) -> Tuple[np.ndarray, Dict]:
-    """Read any PIL-readable image as (H, W, 3) uint8 RGB, as it is displayed.
-
-    EXIF orientation is applied; grayscale / palette / CMYK / YCbCr are converted; transparency (RGBA,
-    LA, palette with a transparent colour) is composited over white; integer images beyond 8 bits are
-    scaled by 1/257 when within 0..65535 (16-bit), float images in 0..1 by 255, anything else min-max. Returns the array and
-    ``{"mode", "size" (W, H) as stored, "exif_rotated"}``."""
-    with Image.open(path) as img:
-        img.load()
-        info = {"mode": img.mode, "size": list(img.size), "exif_rotated": False}
-        if getattr(img, "n_frames", 1) > 1:
-            info["frames"] = img.n_frames  # first frame only
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:  # malformed EXIF: use the pixels as stored
-            orientation = 1
-        if orientation not in (None, 1):
-            img = ImageOps.exif_transpose(img)
-            info["exif_rotated"] = True
-        mode = img.mode
-        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-            a = np.asarray(img, dtype=np.float64)
-            lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
-            if mode != "F" and lo >= 0 and hi <= 255:
-                pass
-            elif mode != "F" and lo >= 0 and hi <= 65535:  # 16-bit (PIL opens 16-bit PNGs as "I")
-                a = a / 257.0
-            elif mode == "F" and lo >= 0 and hi <= 1:
-                a = a * 255.0
-            else:
-                a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
-            gray = np.clip(a + 0.5, 0, 255).astype(np.uint8)
-            return np.repeat(gray[:, :, None], 3, axis=2), info
-        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB")), info
-        if mode != "RGB":
-            try:
-                img = img.convert("RGB")
-            except ValueError as e:
-                raise ValueError(f"cannot convert image mode {mode!r} to RGB ({e})") from None
-        return np.ascontiguousarray(np.asarray(img)), info
+    """(H, W, 3) uint8 RGB as displayed, read by the one image reader of training and evaluation
+    (:func:`simformer.data.image_io.read_image_file`: EXIF orientation, transparency over white, 16-bit by
+    the high byte), and ``{"mode", "size" (W, H) as stored, "exif_rotated"[, "frames"]}``."""
+    info = {}
+    image = read_image_file(path, "RGB", info=info)
+    return np.ascontiguousarray(image), info
 
 
 def read_label(path: str) -> np.ndarray:
-    """A label PNG of class ids as (H, W) int64."""
-    with Image.open(path) as img:
-        label = np.asarray(img)
-    if label.ndim != 2:
-        raise ValueError(f"label {path} has shape {label.shape}: expected a single-channel PNG of class ids")
-    return label.astype(np.int64)
+    """A label PNG of class ids as (H, W) int64 (the one label reader)."""
+    return read_label_file(path)
 
 
 def match_labels(images: Sequence[str], gt: Optional[Sequence[str]]) -> Dict[str, str]:

@@ -19,6 +19,11 @@ Patches (one line each on why):
    DistributedDataParallel, which PyTorch rejects for CPU modules (multi-process CPU training).
 4. ``launch`` with gloo       -- 0.6 hard-codes the NCCL backend and ``torch.cuda.set_device``; see
    :func:`launch`, which defers to detectron2's own ``launch`` whenever CUDA is in use.
+
+detectron2 internals the trainer relies on (private names that differ between versions) are reached only
+through the helpers at the end of this module: :func:`d2_saves_optimizer`, :func:`inner_trainer` /
+:func:`set_inner_trainer` (``DefaultTrainer._trainer``) and :func:`next_batch` / :func:`restart_batches`
+(``SimpleTrainer._data_loader_iter``).
 """
 import logging
 from datetime import timedelta
@@ -26,7 +31,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 
-__all__ = ["apply", "launch", "detectron2_has_c_ops"]
+__all__ = ["apply", "launch", "detectron2_has_c_ops", "d2_saves_optimizer", "inner_trainer", "set_inner_trainer", "next_batch", "restart_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -180,3 +185,30 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
         daemon=False,
         start_method="spawn",
     )
+
+
+# ------------------------------------------------------------------------------ trainer internals
+def d2_saves_optimizer() -> bool:
+    """detectron2 > 0.6 saves the inner trainer (optimizer, scaler) in ``DefaultTrainer.state_dict`` itself."""
+    from detectron2.engine import DefaultTrainer
+
+    return "state_dict" in DefaultTrainer.__dict__
+
+
+def inner_trainer(trainer):
+    """The ``SimpleTrainer`` that a ``DefaultTrainer`` runs its steps with."""
+    return trainer._trainer
+
+
+def set_inner_trainer(trainer, inner):
+    trainer._trainer = inner
+
+
+def next_batch(inner):
+    """The next training batch of a ``SimpleTrainer`` (from the iterator it keeps over its loader)."""
+    return next(inner._data_loader_iter)
+
+
+def restart_batches(inner, loader):
+    """Make a ``SimpleTrainer`` read its batches from a fresh iterator over ``loader``."""
+    inner._data_loader_iter = iter(loader)

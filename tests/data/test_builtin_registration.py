@@ -81,8 +81,10 @@ def test_synthetic_weakshot_metadata():
         assert [SYNTHETIC_CLASSES[i] for i in meta.novel_class_ids] == ["triangle", "cross", "arrow"]
         assert meta.base_class_ids == [0, 1, 2, 3, 4, 6, 7, 9, 10]
         assert (meta.weakshot_type, meta.split_name, meta.ignore_label) == ("simulated", "synthetic_ws", 255)
-        assert meta.image_root == MetadataCatalog.get(f"synthetic_{split}").image_root
-        assert meta.sem_seg_root == MetadataCatalog.get(f"synthetic_{split}").sem_seg_root
+        # the open variant's files: pixels of no class (255), so "not base" is not "novel"
+        assert meta.image_root == MetadataCatalog.get(f"synthetic_open_{split}").image_root
+        assert meta.sem_seg_root == MetadataCatalog.get(f"synthetic_open_{split}").sem_seg_root
+        assert "simformer_synthetic_open" in meta.image_root
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import os
 
 import cv2
 import numpy as np
+from PIL import Image
 import pytest
 
 import simformer.data.datasets.synthetic as syn
@@ -247,3 +248,37 @@ def test_describe_and_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "train: 3 images" in out and "val: 2 images" in out
     assert all(name in out for name in syn.SYNTHETIC_CLASSES)
+
+
+def test_open_variant_adds_pixels_of_no_class_and_changes_nothing_else(tmp_path):
+    """OPEN_PARAMS paint objects of no class and unlabelled patches (255) with their own random stream: outside
+    those pixels, images and labels are byte-identical to the fully labelled variant; 5-15 % of the pixels
+    have no class, in images with and without novel classes."""
+    params = dict(image_size=128, num_train=40, num_val=2)
+    closed = syn.ensure_synthetic_dataset(str(tmp_path / "closed"), **params)
+    opened = syn.ensure_synthetic_dataset(str(tmp_path / "open"), **params, **syn.OPEN_PARAMS)
+    meta = json.load(open(os.path.join(opened, "meta.json")))
+    assert meta["params"]["unknown_objects"] == syn.OPEN_PARAMS["unknown_objects"]
+    total, none, with_novel, without_novel = 0, 0, 0, 0
+    for name in sorted(os.listdir(os.path.join(closed, "labels", "train"))):
+        lab_c = np.asarray(Image.open(os.path.join(closed, "labels", "train", name)))
+        lab_o = np.asarray(Image.open(os.path.join(opened, "labels", "train", name)))
+        img_c = np.asarray(Image.open(os.path.join(closed, "images", "train", name)))
+        img_o = np.asarray(Image.open(os.path.join(opened, "images", "train", name)))
+        labelled = lab_o != 255
+        assert np.array_equal(lab_o[labelled], lab_c[labelled]) and np.array_equal(img_o[labelled], img_c[labelled])
+        assert not (lab_c == 255).any()
+        total, none = total + lab_o.size, none + (~labelled).sum()
+        if (~labelled).any():
+            novel = np.isin(lab_o, [5, 8, 11]).any()
+            with_novel, without_novel = with_novel + novel, without_novel + (not novel)
+    assert 0.05 <= none / total <= 0.15, none / total
+    assert with_novel > 0 and without_novel > 0
+    assert meta["ignore_pixel_counts"]["train"] == none
+
+
+def test_open_params_are_validated():
+    with pytest.raises(ValueError, match="unknown_objects must be"):
+        syn.ensure_synthetic_dataset("/nonexistent/x", unknown_objects=[2, 1])
+    with pytest.raises(ValueError, match="unlabelled_patch_prob must be"):
+        syn.ensure_synthetic_dataset("/nonexistent/x", unlabelled_patch_prob=1.5)

@@ -1,5 +1,6 @@
 """The weak-shot pipeline command end to end on a tiny dataset: stage 1 (seg_crosim) -> pseudo-labels ->
-retraining, a few iterations each; re-running it skips every finished stage."""
+retraining, a few iterations each; re-running it with the same inputs skips every finished stage, and
+with other inputs re-runs them (the old outputs moved aside, never reported as the new ones)."""
 import json
 import os
 import subprocess
@@ -88,4 +89,20 @@ def test_pipeline_runs_every_stage_then_skips_them(tmp_path):
 
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert second.stdout.count(" exists: ") == 3 and "$ " not in second.stdout  # no stage re-run
+    assert second.stdout.count("with the same inputs") == 3 and "$ " not in second.stdout  # no stage re-run
+
+    # other inputs (here: a longer schedule) re-run every stage; the 3-iteration outputs are kept aside
+    third = subprocess.run(cmd + ["SOLVER.MAX_ITER", "4"], env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "SOLVER.MAX_ITER: 3 -> 4" in third.stdout
+    assert third.stdout.count("$ ") >= 3 and "with the same inputs" not in third.stdout
+    for stage in ("stage1", "pseudo_labels", "retrain"):
+        record = json.load(open(os.path.join(run_dir, stage, "stage.json")))
+        assert record["done"] and record["config"]["SOLVER.MAX_ITER"] == 4
+    stale = sorted(n for n in os.listdir(run_dir) if ".stale-" in n)
+    assert [n.split(".stale-")[0] for n in stale] == ["pseudo_labels", "retrain", "stage1"]
+    stage1 = json.load(open(os.path.join(run_dir, "stage1", "stage.json")))
+    assert stage1["upstream"] == ""
+    retrain = json.load(open(os.path.join(run_dir, "retrain", "stage.json")))
+    pseudo = json.load(open(os.path.join(run_dir, "pseudo_labels", "stage.json")))
+    assert retrain["upstream"] == pseudo["id"] and pseudo["upstream"] == stage1["id"]

@@ -33,6 +33,7 @@ from tests.data.test_weakshot_training import CLASSES, NOVEL, _write_dataset
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MASKFORMER_SSA = os.path.join(REPO, "configs", "synthetic", "ssa", "maskformer_R18_ssa.yaml")
 SEG_SSA = os.path.join(REPO, "configs", "synthetic", "simformer", "seg_ssa.yaml")
+PER_PIXEL = os.path.join(REPO, "configs", "synthetic", "per_pixel_R18_fully_supervised.yaml")
 IGNORE = 255
 K, DIM, SIZE = 5, 32, 64
 TINY = block_images.maskformer_tiny(K, DIM) + [
@@ -289,10 +290,19 @@ def test_weakshot_simformer_with_ssa_pixel_classifier_trains(tmp_path, name):
     assert "loss_comp" in losses and "loss_comp_0" in losses and losses["loss_pixel_novel"] > 0
 
 
-@pytest.mark.parametrize("classifier", ["SSAClassifier", "CCSClassifier"])
+ALL_CLASSIFIERS = sorted(k for k, _ in CLASSIFIER_REGISTRY)
+
+
+def test_every_registered_classifier_is_tested_in_both_slots():
+    assert {"LinearClassifier", "SSAClassifier", "CCSClassifier"} <= set(ALL_CLASSIFIERS)
+
+
+@pytest.mark.parametrize("classifier", ALL_CLASSIFIERS)
 def test_every_trainable_parameter_gets_a_gradient(classifier):
-    """DistributedDataParallel (find_unused_parameters=False) needs a gradient for every trainable parameter:
-    the classifier's fixed prototype weight, replaced by the per-image prototypes, must be frozen."""
+    """Every registered classifier works as the pixel classification layer (LinearClassifier used to raise
+    TypeError there). DistributedDataParallel (find_unused_parameters=False) needs a gradient for every
+    trainable parameter: the classifier's fixed prototype weight, replaced by the per-image prototypes, must
+    be frozen."""
     torch.manual_seed(0)
     cfg = _cfg(MASKFORMER_SSA, "MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME", classifier)
     model = build_model(cfg)
@@ -302,3 +312,30 @@ def test_every_trainable_parameter_gets_a_gradient(classifier):
     assert missing == []
     assert not model.sem_seg_head.pixel_classifier.conv.weight.requires_grad
     assert model.sem_seg_head.pixel_classifier.conv.bias.grad is not None
+
+
+@pytest.mark.parametrize("classifier", ALL_CLASSIFIERS)
+def test_every_registered_classifier_in_the_per_pixel_head(classifier):
+    """The other slot: the per-pixel head's classifier (no prototypes; its own weights are trained)."""
+    torch.manual_seed(0)
+    cfg = block_images.config(PER_PIXEL, block_images.per_pixel_tiny(K, DIM), "MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME", classifier)
+    model = build_model(cfg)
+    model.train()
+    sum(model(_batch(0)).values()).backward()
+    assert model.sem_seg_head.classifier.conv.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        out = model([{"image": _batch(1)[0]["image"], "height": SIZE, "width": SIZE}])
+    assert out[0]["sem_seg"].shape == (K, SIZE, SIZE)
+
+
+def test_linear_prototype_logits_hand_computed():
+    clf = CLASSIFIER_REGISTRY.get("LinearClassifier")(_cfg(MASKFORMER_SSA), 2, 2)
+    clf.expect_prototypes()
+    with torch.no_grad():
+        clf.conv.bias.copy_(torch.tensor([0.5, -1.0]))
+    feats = torch.tensor([1.0, 2.0]).reshape(1, 2, 1, 1)
+    protos = torch.tensor([[[1.0, 0.0], [1.0, 1.0]]])
+    logits, losses = clf(feats, None, protos)
+    assert torch.allclose(logits.flatten(), torch.tensor([1.5, 2.0])) and losses == {}
+    assert not clf.conv.weight.requires_grad and clf.conv.bias.requires_grad

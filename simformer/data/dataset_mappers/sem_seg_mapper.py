@@ -11,7 +11,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import Instances
 from torch.nn import functional as F
 
-from ..image_io import read_image_file
+from ..image_io import read_image_file, read_label_file
 from ..transforms import ColorAugSSD
 from .build import MAPPER_REGISTRY
 
@@ -22,9 +22,7 @@ logger = logging.getLogger(__name__)
 
 def read_label_map(path: str, num_classes: int, ignore_label: int) -> np.ndarray:
     """Read a label PNG as (H, W) int64 and check that every value is a class id or the ignore value."""
-    label = read_image_file(path, what="label").astype(np.int64)
-    if label.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel label PNG (H, W), got shape {label.shape}")
+    label = read_label_file(path)
     values = np.unique(label)
     bad = values[(values >= num_classes) & (values != ignore_label)]
     if bad.size:

@@ -19,7 +19,8 @@ Both drop the excluded images of :mod:`.splits` from every listing. Images are `
 Weak-shot splits are simulated weak-shot datasets (:func:`.weakshot.register_simulated_weakshot`): full
 labels, metadata ``base_class_ids`` / ``novel_class_ids`` / ``weakshot_type`` / ``split_name``.
 
-Synthetic (:mod:`.synthetic`): ``synthetic_ws_{train,val}`` are ``synthetic_{train,val}``'s files as a
+Synthetic (:mod:`.synthetic`): ``synthetic_ws_{train,val}`` are ``synthetic_open_{train,val}``'s files
+(the synthetic images plus pixels of no class, labelled 255) as a
 simulated weak-shot split ``synthetic_ws`` whose novel classes are a third of the 9 object classes:
 :data:`SYNTHETIC_WS_NOVEL_IDS` = 5 triangle, 8 cross, 11 arrow; the 3 stuff classes and the other 6
 objects are base. The data are generated on first load.
@@ -37,7 +38,7 @@ from .splits import (
     COCO_STUFF_10K_NOVEL_IDS,
     COCO_STUFF_171_CLASSES,
 )
-from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_COLORS, default_synthetic_root, ensure_synthetic_dataset
+from .synthetic import OPEN_PARAMS, SYNTHETIC_CLASSES, SYNTHETIC_COLORS, default_synthetic_open_root, ensure_synthetic_dataset
 from .weakshot import _register, _WeakShotLoader, register_simulated_weakshot
 
 __all__ = [
@@ -162,9 +163,12 @@ def register_all_ade20k_150(root):
 
 
 def register_synthetic_weakshot(root=None, **params):
-    """``synthetic_ws_{train,val}``: the synthetic dataset's files (generated on first load with the
-    generator ``params``), novel classes :data:`SYNTHETIC_WS_NOVEL_IDS`."""
-    root = os.path.abspath(os.path.expanduser(root or default_synthetic_root()))
+    """``synthetic_ws_{train,val}``: the files of the synthetic dataset's open variant (``synthetic_open_*``:
+    about 11 % of the pixels belong to no class and are labelled 255, so "not base" is not "novel"),
+    generated on first load with the generator ``params`` (default :data:`OPEN_PARAMS`), novel classes
+    :data:`SYNTHETIC_WS_NOVEL_IDS`."""
+    root = os.path.abspath(os.path.expanduser(root or default_synthetic_open_root()))
+    params = dict(OPEN_PARAMS, **params)
     for split in ("train", "val"):
         register_simulated_weakshot(
             f"synthetic_ws_{split}",

@@ -10,11 +10,12 @@ import os
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from ..image_io import IMAGE_EXTENSIONS
+
 __all__ = ["IMAGE_EXTENSIONS", "load_sem_seg_folder", "register_sem_seg_folder", "default_class_colors"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 # Metadata keys set from register_sem_seg_folder's own arguments (not allowed in ``extra_metadata``).
 _RESERVED_KEYS = ("stuff_classes", "stuff_colors", "ignore_label", "evaluator_type", "image_root", "sem_seg_root")

@@ -40,6 +40,9 @@ __all__ = [
     "SYNTHETIC_COLORS",
     "GENERATOR_VERSION",
     "DEFAULT_PARAMS",
+    "OPEN_PARAMS",
+    "UNKNOWN_KINDS",
+    "default_synthetic_open_root",
     "default_synthetic_root",
     "generate_synthetic_dataset",
     "ensure_synthetic_dataset",
@@ -96,12 +99,26 @@ DEFAULT_PARAMS = {
     "object_scale": [0.16, 0.45],  # object diameter range, as a fraction of the shorter image side
     "noise_std": 6.0,  # Gaussian pixel noise (0..255 scale)
     "color_jitter": 20.0,  # per-instance uniform jitter of each palette colour channel
+    # Pixels of no class (label 255), as real data has: [lo, hi] objects per image of shapes and textures
+    # outside the class list, painted among the labelled objects, and the probability that an image has an
+    # unlabelled background patch of a fourth stuff texture. 0 (the default) = every pixel has a class.
+    "unknown_objects": [0, 0],
+    "unlabelled_patch_prob": 0.0,
 }
+
+# Generator parameters of the "open" variant (``synthetic_open_*``, ``synthetic_ws_*``): the same images
+# with about 11 % of the pixels belonging to no class (labelled 255), in images with and without novel classes.
+OPEN_PARAMS = {"unknown_objects": [0, 2], "unlabelled_patch_prob": 0.5}
 
 
 def default_synthetic_root():
     """``$DETECTRON2_DATASETS/simformer_synthetic`` (``datasets/simformer_synthetic`` when unset)."""
     return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "simformer_synthetic")
+
+
+def default_synthetic_open_root():
+    """``$DETECTRON2_DATASETS/simformer_synthetic_open``: the variant with unlabelled pixels."""
+    return os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), "simformer_synthetic_open")
 
 
 def _is_int(value):
@@ -130,6 +147,14 @@ def _normalize_params(params):
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"synthetic dataset: object_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {p['object_scale']!r}")
     p["object_scale"] = [lo, hi]
+    unk = p["unknown_objects"]
+    if not (isinstance(unk, (list, tuple)) and len(unk) == 2 and all(_is_int(v) for v in unk) and 0 <= unk[0] <= unk[1]):
+        raise ValueError(f"synthetic dataset: unknown_objects must be [lo, hi] ints with 0 <= lo <= hi, got {unk!r}")
+    p["unknown_objects"] = [int(v) for v in unk]
+    prob = p["unlabelled_patch_prob"]
+    if not isinstance(prob, (int, float, np.number)) or isinstance(prob, bool) or not 0 <= prob <= 1:
+        raise ValueError(f"synthetic dataset: unlabelled_patch_prob must be a number in [0, 1], got {prob!r}")
+    p["unlabelled_patch_prob"] = float(prob)
     for key in ("noise_std", "color_jitter"):
         if not isinstance(p[key], (int, float, np.number)) or isinstance(p[key], bool) or p[key] < 0:
             raise ValueError(f"synthetic dataset: {key} must be a number >= 0, got {p[key]!r}")
@@ -249,6 +274,37 @@ def _shape_mask(shape, nu, nv):
     raise KeyError(shape)
 
 
+# Objects of no class (label 255): shapes and textures that no class has.
+UNKNOWN_KINDS = [("pentagon", "diagonal hatching"), ("L-shape", "speckles"), ("half-disk", "concentric squares")]
+
+
+def _unknown_shape_mask(shape, nu, nv):
+    if shape == "pentagon":
+        m = np.ones(nu.shape, dtype=bool)
+        for k in range(5):
+            a = np.pi / 2 + 2 * np.pi * k / 5
+            m &= nu * np.cos(a) + nv * np.sin(a) <= 0.8
+        return m
+    if shape == "L-shape":
+        return ((nu >= -0.9) & (nu <= -0.25) & (np.abs(nv) <= 0.9)) | ((nu >= -0.9) & (nu <= 0.9) & (nv >= 0.25) & (nv <= 0.9))
+    if shape == "half-disk":
+        return (nu * nu + nv * nv <= 1.0) & (nv >= -0.1)
+    raise KeyError(shape)
+
+
+def _unknown_texture(kind, rng, u, v):
+    ph = rng.uniform(0, 100)
+    if kind == "diagonal hatching":
+        p = rng.uniform(4, 7)
+        return ((np.mod(u + v + ph, p) < 1.5) | (np.mod(u - v + ph, p) < 1.5)).astype(np.float32)
+    if kind == "speckles":
+        return (rng.random(u.shape) < 0.3).astype(np.float32)
+    if kind == "concentric squares":
+        p = rng.uniform(4, 7)
+        return (np.mod(np.maximum(np.abs(u), np.abs(v)), p) < p / 2).astype(np.float32)
+    raise KeyError(kind)
+
+
 def _object_texture(shape, rng, u, v, radius):
     """Mixing weight in [0, 1] of an object's texture; ``u, v`` are local pixel coordinates."""
     ph = rng.uniform(0, 100)
@@ -306,8 +362,12 @@ def _place_objects(rng, n, h, w, scale):
     return placed
 
 
-def _render(rng, classes, p):
-    """One (image HxWx3 uint8, label HxW uint8) pair containing objects of ``classes`` (painter's order)."""
+def _render(rng, classes, p, extra_rng=None):
+    """One (image HxWx3 uint8, label HxW uint8) pair containing objects of ``classes`` (painter's order).
+
+    ``extra_rng`` (only with ``unknown_objects`` / ``unlabelled_patch_prob``) draws what has no class: a
+    background patch of a fourth texture and objects of :data:`UNKNOWN_KINDS`, all labelled 255. It is a
+    separate stream, so the labelled content is that of the variant without them (minus what they cover)."""
     h, w = p["image_size"]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     jitter = p["color_jitter"]
@@ -330,8 +390,20 @@ def _render(rng, classes, p):
         img[m] = (shade[..., None] * ((1 - t) * c1 + t * c2))[m]
         label[m] = cls
 
-    # Objects in colours not used by this image's background (at least 6 of 12 remain).
     free = np.setdiff1d(np.arange(len(_PALETTE)), used)
+    unknown = []
+    if extra_rng is not None:
+        if extra_rng.random() < p["unlabelled_patch_prob"]:  # a blob of "gravel" (no class) on the background
+            blob = _smooth_noise(extra_rng, (h, w), (3, 3))
+            m = blob > np.quantile(blob, 1.0 - extra_rng.uniform(0.08, 0.2))
+            _, (c1, c2) = _pick_colors(extra_rng, jitter)
+            t = (_smooth_noise(extra_rng, (h, w), (h // 4, w // 4)) > 0.5).astype(np.float32)[..., None]
+            img[m] = ((1 - t) * c1 + t * c2)[m]
+            label[m] = 255
+        lo, hi = p["unknown_objects"]
+        unknown = [int(k) for k in extra_rng.integers(0, len(UNKNOWN_KINDS), size=int(extra_rng.integers(lo, hi + 1)))]
+    # Objects in colours not used by this image's background (at least 6 of 12 remain); unknown objects
+    # (no class) are painted after the labelled ones, each at a random position (they may occlude them).
     for cls, (cy, cx, radius) in zip(classes, _place_objects(rng, len(classes), h, w, p["object_scale"])):
         shape = SYNTHETIC_CLASSES[cls]
         a = rng.uniform(0, 2 * np.pi)
@@ -344,6 +416,18 @@ def _render(rng, classes, p):
         shade = 1.0 + rng.uniform(-0.1, 0.1) * (u / radius)  # mild directional lighting
         img[m] = (shade[..., None] * ((1 - t) * c1 + t * c2))[m]
         label[m] = cls
+    for kind in unknown:
+        shape, texture = UNKNOWN_KINDS[kind]
+        radius = extra_rng.uniform(p["object_scale"][0], p["object_scale"][1]) * min(h, w) / 2
+        cy, cx = extra_rng.uniform(0.4 * radius, h - 0.4 * radius), extra_rng.uniform(0.4 * radius, w - 0.4 * radius)
+        a = extra_rng.uniform(0, 2 * np.pi)
+        u = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+        v = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+        m = _unknown_shape_mask(shape, u / radius, v / radius)
+        _, (c1, c2) = _pick_colors(extra_rng, jitter, free)
+        t = _unknown_texture(texture, extra_rng, u, v)[..., None]
+        img[m] = ((1 - t) * c1 + t * c2)[m]
+        label[m] = 255
 
     gain, bias = rng.uniform(0.85, 1.15), rng.uniform(-15, 15)
     img = img * gain + bias + rng.normal(0.0, p["noise_std"], size=img.shape).astype(np.float32)
@@ -393,7 +477,9 @@ def generate_synthetic_dataset(out_dir, **params):
         per_image = _object_classes(split_rng, counts)
         pixels = np.zeros(256, dtype=np.int64)
         for i in range(n):
-            image, label = _render(np.random.default_rng([p["seed"], split_id, 1, i]), per_image[i], p)
+            open_world = p["unknown_objects"][1] > 0 or p["unlabelled_patch_prob"] > 0
+            extra = np.random.default_rng([p["seed"], split_id, 2, i]) if open_world else None
+            image, label = _render(np.random.default_rng([p["seed"], split_id, 1, i]), per_image[i], p, extra)
             stem = f"{split}_{i:05d}"
             for path, arr in ((os.path.join(img_dir, stem + ".png"), image[:, :, ::-1]), (os.path.join(lab_dir, stem + ".png"), label)):
                 if not cv2.imwrite(path, arr):
@@ -403,6 +489,7 @@ def generate_synthetic_dataset(out_dir, **params):
                 logger.info(f"synthetic {split}: {i + 1}/{n} images")
         meta["counts"][split] = n
         meta["class_pixel_counts"][split] = pixels[:k].tolist()
+        meta.setdefault("ignore_pixel_counts", {})[split] = int(pixels[255])
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
     logger.info(f"Generated {sum(meta['counts'].values())} synthetic images in {time.perf_counter() - start:.1f} s")
@@ -503,8 +590,8 @@ class _Prepare:
         return f"ensure_synthetic_dataset({self.root!r}, **{self.params!r})"
 
 
-def register_synthetic(root=None, **params):
-    """Register ``synthetic_train`` / ``synthetic_val``; the data is generated when first loaded.
+def register_synthetic(root=None, prefix="synthetic", **params):
+    """Register ``<prefix>_train`` / ``<prefix>_val``; the data is generated when first loaded.
 
     ``params`` are generator parameters (see :data:`DEFAULT_PARAMS`); the loader regenerates the cached
     data if it was made with other params.
@@ -514,7 +601,7 @@ def register_synthetic(root=None, **params):
     given = {k: v for k, v in p.items() if v != defaults[k]}  # keeps the loader's repr short
     for split in SPLITS:
         register_sem_seg_folder(
-            f"synthetic_{split}",
+            f"{prefix}_{split}",
             os.path.join(root, "images", split),
             os.path.join(root, "labels", split),
             SYNTHETIC_CLASSES,
@@ -549,9 +636,10 @@ def describe_synthetic():
 
 def _register_builtin():
     """Import-time registration with defaults (skipped when the names already exist)."""
-    if all(f"synthetic_{s}" in DatasetCatalog.list() for s in SPLITS):
-        return
-    register_synthetic()
+    if not all(f"synthetic_{s}" in DatasetCatalog.list() for s in SPLITS):
+        register_synthetic()
+    if not all(f"synthetic_open_{s}" in DatasetCatalog.list() for s in SPLITS):
+        register_synthetic(default_synthetic_open_root(), prefix="synthetic_open", **OPEN_PARAMS)
 
 
 _register_builtin()
@@ -565,11 +653,14 @@ def main(argv=None):
     parser.add_argument("--num-train", type=int, default=DEFAULT_PARAMS["num_train"])
     parser.add_argument("--num-val", type=int, default=DEFAULT_PARAMS["num_val"])
     parser.add_argument("--image-size", type=int, default=DEFAULT_PARAMS["image_size"])
+    parser.add_argument("--open", action="store_true", help="the variant with pixels of no class (synthetic_open_*, synthetic_ws_*)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     params = {k: v for k, v in dict(seed=args.seed, num_train=args.num_train, num_val=args.num_val, image_size=args.image_size).items() if v != DEFAULT_PARAMS[k]}
+    if args.open:
+        params.update(OPEN_PARAMS)
     start = time.perf_counter()
-    root = ensure_synthetic_dataset(args.root, force=args.force, **params)
+    root = ensure_synthetic_dataset(args.root or (default_synthetic_open_root() if args.open else None), force=args.force, **params)
     elapsed = time.perf_counter() - start
     meta = _read_meta(root)
     print(f"Synthetic dataset at {root} (ready in {elapsed:.1f} s, generator v{meta['version']})")
@@ -577,8 +668,11 @@ def main(argv=None):
     print(f"  {'id':>3}  {'class':<10}" + "".join(f"{s + ' px %':>12}" for s in SPLITS))
     freqs = {s: np.asarray(meta["class_pixel_counts"][s], dtype=np.float64) for s in SPLITS}
     for i, name in enumerate(meta["classes"]):
-        row = "".join(f"{100 * freqs[s][i] / max(freqs[s].sum(), 1):12.2f}" for s in SPLITS)
+        row = "".join(f"{100 * freqs[s][i] / max(freqs[s].sum() + meta.get('ignore_pixel_counts', {}).get(s, 0), 1):12.2f}" for s in SPLITS)
         print(f"  {i:>3}  {name:<10}{row}")
+    ignore = meta.get("ignore_pixel_counts", {})
+    totals = {s: freqs[s].sum() + ignore.get(s, 0) for s in SPLITS}
+    print(f"  {'':>3}  {'no class':<10}" + "".join(f"{100 * ignore.get(s, 0) / max(totals[s], 1):12.2f}" for s in SPLITS))
     print()
     print(describe_synthetic())
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 
 from ..losses.class_center import inter_class_loss, intra_class_loss, present_classes
-from .build import CLASSIFIER_REGISTRY
+from .build import CLASSIFIER_REGISTRY, PrototypeSlot
 
 __all__ = ["CCSClassifier", "DEFAULT_LOSS_WEIGHTS", "scene_adaptive_centres"]
 
@@ -77,7 +77,7 @@ def scene_adaptive_centres(
 
 
 @CLASSIFIER_REGISTRY.register()
-class CCSClassifier(nn.Module):
+class CCSClassifier(PrototypeSlot, nn.Module):
     """(B, C, h, w) features -> (B, K, h, w) logits ``s cos(x, c_{b,k}) + β_k`` with scene-adaptive centres.
 
     ``forward(features, targets=None, prototypes=None)`` returns ``(logits, losses)``; ``losses`` holds the

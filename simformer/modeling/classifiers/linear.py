@@ -2,14 +2,15 @@
 import torch.nn as nn
 from detectron2.config import configurable
 
-from .build import CLASSIFIER_REGISTRY
+from .build import CLASSIFIER_REGISTRY, PrototypeSlot, prototype_logits
 
 __all__ = ["LinearClassifier"]
 
 
 @CLASSIFIER_REGISTRY.register()
-class LinearClassifier(nn.Module):
-    """(B, C, H, W) -> (B, K, H, W) logits with a 1x1 conv; no auxiliary losses."""
+class LinearClassifier(PrototypeSlot, nn.Module):
+    """(B, C, H, W) -> (B, K, H, W) logits with a 1x1 conv (or per-image prototypes (B, K, C) in its
+    place, plus the conv's bias); no auxiliary losses."""
 
     @configurable
     def __init__(self, in_channels: int, num_classes: int):
@@ -22,5 +23,7 @@ class LinearClassifier(nn.Module):
     def from_config(cls, cfg, in_channels, num_classes):
         return {"in_channels": in_channels, "num_classes": num_classes}
 
-    def forward(self, features, targets=None):
-        return self.conv(features), {}
+    def forward(self, features, targets=None, prototypes=None):
+        if prototypes is None:
+            return self.conv(features), {}
+        return prototype_logits(features, prototypes, self.conv.bias), {}

@@ -14,7 +14,7 @@ from detectron2.config import configurable
 
 import ssa_adapter
 
-from .build import CLASSIFIER_REGISTRY
+from .build import CLASSIFIER_REGISTRY, PrototypeSlot
 
 __all__ = ["SSAClassifier"]
 
@@ -23,7 +23,7 @@ DISTILL_CLASSES = ("all", "present")  # MODEL.SSA.DISTILL_CLASSES
 
 
 @CLASSIFIER_REGISTRY.register()
-class SSAClassifier(nn.Module):
+class SSAClassifier(PrototypeSlot, nn.Module):
     """(B, C, h, w) features -> (B, K, h, w) SSA logits; in training with targets, also the weighted
     ``loss_ssa_*`` terms (coarse CE, dice, teacher CE / dice, response / semantic / spatial distillation).
 

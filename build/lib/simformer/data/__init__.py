@@ -1,0 +1,2 @@
+"""Datasets (registered in detectron2's catalogs on import)."""
+from . import datasets  # noqa: F401

@@ -1,0 +1,203 @@
+"""Set criterion of the mask-classification model: matching, named loss terms, deep supervision.
+
+Loss terms (unweighted; the model multiplies by ``weight_dict``):
+  loss_ce    -- CE over K+1 classes of every query (matched: its target's class, else no-object),
+  loss_focal -- sigmoid focal loss of matched masks (targets with a mask only),
+  loss_dice  -- dice loss of the same pairs.
+Mask losses are summed over pairs and divided by the number of has-mask targets in the global batch.
+Intermediate decoder layers (``aux_outputs``) add the same terms with suffix ``_<i>``.
+
+Where the mask losses are evaluated (``num_points``):
+  0   -- every pixel of the target resolution (predictions upsampled bilinearly): the exact objective;
+  P>0 -- P points per matched mask (:mod:`.losses.point_sampling`): ``importance_sample_ratio`` of them
+         the most uncertain of ``oversample_ratio * P`` uniform candidates, the rest uniform. Memory per
+         layer drops from M*H*W to M*P values. A different objective unless ``importance_sample_ratio``
+         is 0 (then an unbiased estimate of the full-resolution losses); spec §11 flags it as a deviation.
+
+Numerics: the whole criterion (matcher included) runs in fp32 with autocast off, whatever the caller's
+autocast state. Host-device syncs: one copy of the matching costs of all layers and one of the targets'
+``has_mask`` flags per call; selections of matched pairs are done on the host.
+"""
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+
+from .losses.classification import weighted_cross_entropy
+from .losses.mask import dice_loss, sigmoid_focal_loss
+from .losses.point_sampling import point_sample, uncertain_point_coords
+
+__all__ = ["SetCriterion", "host_has_mask", "host_matched_pairs", "point_sampling_kwargs"]
+
+HOST_HAS_MASK = "has_mask_host"  # target key set by SetCriterion.forward: has_mask (T,) bool on the CPU
+
+
+def _global_mean_count(count: torch.Tensor) -> torch.Tensor:
+    """Average a count over processes (so every process normalises by the same number), at least 1."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return count.clamp(min=1)
+
+
+def point_sampling_kwargs(cfg) -> Dict:
+    """The point-sampling keyword arguments of :class:`SetCriterion` from ``MODEL.MASK_FORMER``."""
+    mf = cfg.MODEL.MASK_FORMER
+    return {"num_points": mf.TRAIN_NUM_POINTS, "oversample_ratio": mf.OVERSAMPLE_RATIO, "importance_sample_ratio": mf.IMPORTANCE_SAMPLE_RATIO}
+
+
+def _to_float(x):
+    """Floating tensors in nested dicts / lists -> float32 (others unchanged)."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _to_float(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_float(v) for v in x)
+    return x
+
+
+def _device_of(outputs) -> torch.device:
+    return outputs["pred_masks"].device
+
+
+def host_has_mask(targets: List[Dict]) -> List[torch.Tensor]:
+    """Per image, ``has_mask`` (T,) as a CPU bool tensor (all True when absent), with one device-to-host copy."""
+    flags = [t.get("has_mask") for t in targets]
+    sizes = [len(t["labels"]) for t in targets]
+    device_flags = [f for f in flags if f is not None]
+    copied = iter(torch.cat(device_flags).cpu().split([len(f) for f in device_flags])) if device_flags else iter(())
+    return [next(copied) if f is not None else torch.ones(n, dtype=torch.bool) for f, n in zip(flags, sizes)]
+
+
+def host_matched_pairs(targets: List[Dict], indices, with_mask: bool = True):
+    """Per image, the matched (query, target) index arrays (NumPy, on the host) whose target has
+    (``with_mask``) / lacks a mask. The matcher's indices live on the host, so selecting here costs no
+    device sync."""
+    pairs = []
+    for t, (i, j) in zip(targets, indices):
+        flags = (t[HOST_HAS_MASK] if HOST_HAS_MASK in t else host_has_mask([t])[0]).numpy()
+        i, j = i.cpu().numpy(), j.cpu().numpy()
+        keep = flags[j] if with_mask else ~flags[j]
+        pairs.append((i[keep], j[keep]))
+    return pairs
+
+
+class SetCriterion(nn.Module):
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: nn.Module,
+        eos_coef: float,
+        losses=("labels", "masks"),
+        num_points: int = 0,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.eos_coef = eos_coef
+        self.losses = tuple(losses)
+        unknown = set(self.losses) - {"labels", "masks"}
+        if unknown:
+            raise ValueError(f"SetCriterion: unknown loss terms {sorted(unknown)}; expected 'labels', 'masks'")
+        if num_points < 0:
+            raise ValueError(f"SetCriterion: num_points must be >= 0 (0 = full resolution), got {num_points} (MODEL.MASK_FORMER.TRAIN_NUM_POINTS)")
+        if num_points > 0 and oversample_ratio < 1:
+            raise ValueError(f"MODEL.MASK_FORMER.OVERSAMPLE_RATIO must be >= 1, got {oversample_ratio}")
+        if num_points > 0 and not 0.0 <= importance_sample_ratio <= 1.0:
+            raise ValueError(f"MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO must be in [0, 1], got {importance_sample_ratio}")
+        self.num_points = int(num_points)
+        self.oversample_ratio = float(oversample_ratio)
+        self.importance_sample_ratio = float(importance_sample_ratio)
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = eos_coef
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    def __call__(self, outputs: Dict, targets: List[Dict]) -> Dict[str, torch.Tensor]:
+        """Runs :meth:`forward` (also a subclass's) in fp32 with autocast off: the matching costs and the
+        losses are numerically sensitive, so mixed-precision training keeps them in full precision."""
+        with torch.autocast(device_type=_device_of(outputs).type, enabled=False):
+            return super().__call__(_to_float(outputs), targets)
+
+    def loss_labels(self, outputs, targets, indices, num_masks):
+        logits = outputs["pred_logits"].float()
+        b, q, _ = logits.shape
+        target_classes = torch.full((b, q), self.num_classes, dtype=torch.int64, device=logits.device)
+        batch_idx, src_idx, tgt_labels = self._matched(targets, indices, "labels", logits.device)
+        target_classes[batch_idx, src_idx] = tgt_labels
+        return {"loss_ce": weighted_cross_entropy(logits, target_classes, self.empty_weight.to(logits.dtype))}
+
+    def _matched_with_mask(self, targets, indices, device):
+        """Matched pairs whose target has a mask, selected on the host: (batch, query) index tensors (M,) on
+        ``device`` and the (M, H, W) target masks."""
+        batch_idx, src_idx, masks = [], [], []
+        for b, (t, (i, j)) in enumerate(zip(targets, host_matched_pairs(targets, indices, with_mask=True))):
+            i, j = torch.from_numpy(i), torch.from_numpy(j)
+            batch_idx.append(torch.full_like(i, b))
+            src_idx.append(i)
+            masks.append(t["masks"][j.to(t["masks"].device)])
+        return torch.cat(batch_idx).to(device), torch.cat(src_idx).to(device), torch.cat(masks).to(device)
+
+    def loss_masks(self, outputs, targets, indices, num_masks):
+        pred_masks = outputs["pred_masks"]
+        batch_idx, src_idx, tgt = self._matched_with_mask(targets, indices, pred_masks.device)
+        if batch_idx.numel() == 0:  # host-side size: no sync
+            zero = pred_masks.sum() * 0.0
+            return {"loss_focal": zero, "loss_dice": zero}
+        src = pred_masks[batch_idx, src_idx].float()  # (M, h, w)
+        tgt = tgt.float()  # (M, H, W)
+        if self.num_points > 0:
+            coords = uncertain_point_coords(src.detach(), self.num_points, self.oversample_ratio, self.importance_sample_ratio)  # (M, P, 2)
+            src = point_sample(src, coords)  # (M, P)
+            tgt = point_sample(tgt, coords, mode="nearest")
+        else:
+            src = F.interpolate(src[:, None], size=tgt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            src, tgt = src.flatten(1), tgt.flatten(1)
+        return {
+            "loss_focal": sigmoid_focal_loss(src, tgt, binary_targets=True).sum() / num_masks,  # 0/1 masks
+            "loss_dice": dice_loss(src, tgt).sum() / num_masks,
+        }
+
+    @staticmethod
+    def _matched(targets, indices, field, device):
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
+        src_idx = torch.cat([src for src, _ in indices]).to(device)
+        if field is None:
+            return batch_idx, src_idx, torch.cat([tgt for _, tgt in indices]).to(device)
+        values = torch.cat([t[field][j.to(t[field].device)] for t, (_, j) in zip(targets, indices)]).to(device)
+        return batch_idx, src_idx, values
+
+    def _layer_losses(self, outputs, targets, num_masks, indices=None):
+        """Loss terms of one decoder layer; ``indices`` = its matches (computed here when None)."""
+        if indices is None:
+            indices = self.matcher(outputs, targets)
+        losses = {}
+        for name in self.losses:
+            losses.update(getattr(self, f"loss_{name}")(outputs, targets, indices, num_masks))
+        return losses
+
+    def match_all_layers(self, layers: List[Dict], targets: List[Dict]):
+        """Matches of every layer, with one device-to-host copy when the matcher supports it."""
+        if hasattr(self.matcher, "match_layers"):
+            return self.matcher.match_layers(layers, targets)
+        return [self.matcher(o, targets) for o in layers]
+
+    def forward(self, outputs: Dict, targets: List[Dict]) -> Dict[str, torch.Tensor]:
+        """outputs: pred_logits (B, Q, K+1), pred_masks (B, Q, h, w), optional aux_outputs;
+        targets[b]: labels (T,), masks (T, H, W) at the padded input size, optional has_mask (T,).
+        The targets are passed on (shallow copies) with ``has_mask_host``, their flags on the CPU."""
+        device = outputs["pred_masks"].device
+        flags = host_has_mask(targets)
+        targets = [dict(t, **{HOST_HAS_MASK: f}) for t, f in zip(targets, flags)]
+        num_masks = float(sum(f.numpy().sum() for f in flags))  # host values
+        num_masks = _global_mean_count(torch.as_tensor(num_masks, device=device))
+        aux = list(outputs.get("aux_outputs", []))
+        all_indices = self.match_all_layers([outputs] + aux, targets)
+        losses = self._layer_losses(outputs, targets, num_masks, indices=all_indices[0])
+        for i, (layer, indices) in enumerate(zip(aux, all_indices[1:])):
+            losses.update({f"{k}_{i}": v for k, v in self._layer_losses(layer, targets, num_masks, indices=indices).items()})
+        return losses

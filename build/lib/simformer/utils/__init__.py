@@ -1,0 +1,1 @@
+"""Utilities; ``d2compat`` holds every detectron2 / library version workaround."""

@@ -1,0 +1,85 @@
+"""Train / evaluate simformer models with detectron2's trainer: the code behind ``train_net.py``,
+``simformer-train`` and every stage of the weak-shot pipeline (so an installed package needs no repository
+file)::
+
+    python -m simformer.engine.launch --config-file configs/synthetic/maskformer_R18_fully_supervised.yaml
+    python -m simformer.engine.launch --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
+    python -m simformer.engine.launch --config-file ... --resume        # continue from OUTPUT_DIR/last_checkpoint
+    python -m simformer.engine.launch --config-file ... --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
+"""
+import logging
+import os
+
+import detectron2.utils.comm as comm
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.utils.logger import setup_logger
+
+from ..config import add_simformer_config
+from ..utils.config_merge import merge_config
+from ..utils.d2compat import launch
+from .checkpoint import AtomicCheckpointer
+from .trainer import Trainer
+from .visualize import write_overlays
+
+__all__ = ["setup", "main", "run"]
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_simformer_config(cfg)
+    merge_config(cfg, args.config_file, args.opts)  # unknown keys: error naming the key + close matches
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="simformer")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        # strict: every tensor must fit (weights for another NUM_CLASSES are an error, not skipped)
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR, strict_shapes=True)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            raise ValueError("--eval-only needs weights: set MODEL.WEIGHTS to a checkpoint file (or use --resume with OUTPUT_DIR/last_checkpoint)")
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        results = trainer.train()
+        model = getattr(trainer.model, "module", trainer.model)  # unwrap DistributedDataParallel
+    if cfg.TEST.NUM_VIS_OVERLAYS > 0 and comm.is_main_process():
+        for name in cfg.DATASETS.TEST:
+            paths = write_overlays(cfg, model, name, cfg.TEST.NUM_VIS_OVERLAYS)
+            print(f"Prediction overlays ({len(paths)} PNGs): {os.path.dirname(paths[0]) if paths else '-'}")
+    if comm.is_main_process():
+        _write_plots(cfg.OUTPUT_DIR)
+    return results
+
+
+def _write_plots(output_dir):
+    """Loss / LR / metric / per-class IoU PNGs into OUTPUT_DIR/plots (a failure only warns: training is done)."""
+    try:
+        from ..tools.plot import write_plots
+
+        paths = write_plots(output_dir)
+    except Exception as e:  # noqa: BLE001
+        logging.getLogger("simformer").warning(f"plots not written: {type(e).__name__}: {e}")
+        return
+    if paths:
+        print(f"Plots ({', '.join(os.path.basename(p) for p in paths)}): {os.path.dirname(paths[0])}")
+
+
+def run(argv=None):
+    """Parse detectron2's usual flags and launch :func:`main` in one or several processes."""
+    args = default_argument_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    import simformer  # noqa: F401  (d2compat patches and registries when run as python -m)
+
+    run()
