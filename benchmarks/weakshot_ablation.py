@@ -59,10 +59,10 @@ ROWS = {
     "ssa": ("seg + SSA pixel layer (seg_ssa)", "seg_ssa.yaml", 1),
     "seg_retrain": ("seg -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
     "crosim_retrain": ("seg_crosim -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
-    "ssa_retrain": ("seg_ssa -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
-    "seg_warm": ("seg -> pseudo-labels -> retraining (warm start)", "retraining.yaml", 2),
-    "crosim_warm": ("seg_crosim -> pseudo-labels -> retraining (warm start)", "retraining.yaml", 2),
-    "ssa_warm": ("seg_ssa -> pseudo-labels -> retraining (warm start)", "retraining.yaml", 2),
+    "ssa_retrain": ("seg_ssa -> pseudo-labels -> retraining (scratch)", "retraining_ssa.yaml", 2),
+    "seg_warm": ("seg -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_warm.yaml", 2),
+    "crosim_warm": ("seg_crosim -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_warm.yaml", 2),
+    "ssa_warm": ("seg_ssa -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_ssa_warm.yaml", 2),
 }
 # stage-2 row -> (stage-1 row, retraining start)
 PIPELINES = {

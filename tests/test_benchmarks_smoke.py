@@ -209,3 +209,30 @@ def test_peer_has_the_same_architecture():
     # final prediction + 6 deep-supervision slots (HF also supervises the decoder input) x 3 terms
     assert len(peer["steps"].loss_names) == 21
     assert peer_infer()[0].shape == (64, 64)
+
+
+def test_weakshot_ablation_record_table_and_plot(tmp_path):
+    """The committed record has one value per finished seed, rows keep their order, the table gives mean ±
+    std (sample std) with the per-seed values, and a plot is drawn."""
+    import json
+
+    import torch
+
+    ab = importlib.import_module("weakshot_ablation")
+
+    runner = ab.Ablation(str(tmp_path / "out"), [1, 2, 3], [], str(tmp_path / "record.json"))
+    metrics = {("oracle", 1): (80.0, 60.0), ("oracle", 2): (82.0, 64.0), ("seg_warm", 1): (78.0, 40.0)}
+    for (row, seed), (base, novel) in metrics.items():
+        d = os.path.join(runner.row_dir(row, seed), "inference", ab.TEST_SET)
+        os.makedirs(d)
+        hiou = 2 * base * novel / (base + novel)
+        torch.save({"mIoU": (base + novel) / 2, "mIoU_base": base, "mIoU_novel": novel, "hIoU": hiou, "IoU-a": 1.0}, os.path.join(d, "sem_seg_evaluation.pth"))
+    table = runner.write(["oracle", "seg", "seg_warm"])
+    record = json.load(open(tmp_path / "record.json"))
+    rows = {r["name"]: r for r in record["rows"]}
+    assert [r["name"] for r in record["rows"]] == ["oracle", "seg", "seg_warm"]
+    assert rows["oracle"]["seeds"] == [1, 2] and rows["oracle"]["novel"] == [60.0, 64.0] and rows["oracle"]["stage"] == "oracle"
+    assert rows["seg"]["seeds"] == [] and rows["seg_warm"]["stage"] == 2 and rows["seg_warm"]["stage1"] == "seg"
+    assert rows["oracle"]["per_class_iou"] == [{"a": 1.0}, {"a": 1.0}]
+    assert "| 62.0 ± 2.8 |" in table and "81.0 ± 1.4" in table  # sample std of (60, 64) and (80, 82)
+    assert os.path.isfile(tmp_path / "out" / "ablation.png")

@@ -1,6 +1,7 @@
 """The package stands on its own: a non-editable install (no repository files on the path) runs
 ``simformer-train --help`` and a 3-iteration weak-shot pipeline from another folder."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -22,9 +23,14 @@ if __name__ == "__main__":
 
 def test_non_editable_install_runs_from_another_folder(tmp_path):
     target = tmp_path / "site"
+    src = tmp_path / "src"
+    src.mkdir()  # a copy: the build writes build/ and *.egg-info next to setup.py
+    for name in ("setup.py", "simformer", "ssa_adapter"):
+        copy = shutil.copytree if os.path.isdir(os.path.join(REPO, name)) else shutil.copy
+        copy(os.path.join(REPO, name), src / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     build = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "--no-cache-dir",
-         "--disable-pip-version-check", "-q", "--target", str(target), REPO],
+         "--disable-pip-version-check", "-q", "--target", str(target), str(src)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]

@@ -77,9 +77,9 @@ def test_synthetic_weakshot_metadata():
     for split in ("train", "val"):
         meta = MetadataCatalog.get(f"synthetic_ws_{split}")
         assert meta.stuff_classes == SYNTHETIC_CLASSES
-        assert meta.novel_class_ids == [5, 8, 11] == list(builtin.SYNTHETIC_WS_NOVEL_IDS)
-        assert [SYNTHETIC_CLASSES[i] for i in meta.novel_class_ids] == ["triangle", "cross", "arrow"]
-        assert meta.base_class_ids == [0, 1, 2, 3, 4, 6, 7, 9, 10]
+        assert meta.novel_class_ids == [5, 8, 9] == list(builtin.SYNTHETIC_WS_NOVEL_IDS)
+        assert [SYNTHETIC_CLASSES[i] for i in meta.novel_class_ids] == ["triangle", "cross", "hexagon"]
+        assert meta.base_class_ids == [0, 1, 2, 3, 4, 6, 7, 10, 11]
         assert (meta.weakshot_type, meta.split_name, meta.ignore_label) == ("simulated", "synthetic_ws", 255)
         # the open variant's files: pixels of no class (255), so "not base" is not "novel"
         assert meta.image_root == MetadataCatalog.get(f"synthetic_open_{split}").image_root

@@ -9,7 +9,7 @@ from PIL import Image
 from simformer.tools.plot import BASE_COLOR, NOVEL_COLOR, bar_colors, main, read_metrics, write_plots
 
 CLASSES = ["sky", "grass", "brick", "disk", "square", "triangle", "star", "ring", "cross", "hexagon", "crescent", "arrow"]
-NOVEL = {"triangle", "cross", "arrow"}  # synthetic_ws_val's novel classes (registered on import)
+NOVEL = {"triangle", "cross", "hexagon"}  # synthetic_ws_val's novel classes (registered on import)
 
 
 def _write_output_dir(d):
@@ -64,7 +64,7 @@ def test_plot_command(tmp_path, capsys):
 def test_bar_colors_and_other_dirs(tmp_path, capsys):
     groups = {"base": [i for i, c in enumerate(CLASSES) if c not in NOVEL], "novel": [CLASSES.index(c) for c in sorted(NOVEL)]}
     colors = bar_colors(CLASSES, CLASSES, groups)
-    assert [c for c, col in zip(CLASSES, colors) if col == NOVEL_COLOR] == ["triangle", "cross", "arrow"]
+    assert [c for c, col in zip(CLASSES, colors) if col == NOVEL_COLOR] == ["triangle", "cross", "hexagon"]
     assert bar_colors(["a", "b"], None, None) == [BASE_COLOR, BASE_COLOR]
     # evaluation file only (an --eval-only folder), written elsewhere
     d = tmp_path / "evalonly"

@@ -22,7 +22,7 @@ labels, metadata ``base_class_ids`` / ``novel_class_ids`` / ``weakshot_type`` / 
 Synthetic (:mod:`.synthetic`): ``synthetic_ws_{train,val}`` are ``synthetic_open_{train,val}``'s files
 (the synthetic images plus pixels of no class, labelled 255) as a
 simulated weak-shot split ``synthetic_ws`` whose novel classes are a third of the 9 object classes:
-:data:`SYNTHETIC_WS_NOVEL_IDS` = 5 triangle, 8 cross, 11 arrow; the 3 stuff classes and the other 6
+:data:`SYNTHETIC_WS_NOVEL_IDS` = 5 triangle, 8 cross, 9 hexagon; the 3 stuff classes and the other 6
 objects are base. The data are generated on first load.
 """
 import logging
@@ -56,8 +56,11 @@ COCO_STUFF_10K_DIR = os.path.join("coco", "coco_stuff_10k")
 ADE20K_DIR = "ADEChallengeData2016"
 COCO_PREPARE = "python datasets/prepare_coco_stuff_10k.py"
 ADE20K_PREPARE = "python datasets/prepare_ade20k_sem_seg.py"
-# Novel classes of the synthetic weak-shot split: triangle, cross, arrow (a third of the object classes).
-SYNTHETIC_WS_NOVEL_IDS = (5, 8, 11)
+# Novel classes of the synthetic weak-shot split: triangle, cross, hexagon (a third of the object classes:
+# an easier, a middle and a hard one for the oracle). Until generator v1's open variant it was triangle,
+# cross, arrow; but arrow is the one class the fully supervised oracle does not learn at the benchmark's
+# budget (IoU < 2 on two pilot runs), so as a novel class it measured nothing; it is base now.
+SYNTHETIC_WS_NOVEL_IDS = (5, 8, 9)
 
 
 class RequireFolders:

@@ -1,2 +1,0 @@
-"""Datasets (registered in detectron2's catalogs on import)."""
-from . import datasets  # noqa: F401

@@ -1,1 +1,0 @@
-"""Utilities; ``d2compat`` holds every detectron2 / library version workaround."""
