@@ -257,6 +257,7 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets cores / jobs threads)")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows, in the order to run them; any of {', '.join(ROWS)}")
     parser.add_argument("--results", default=RESULTS, help="the committed JSON record")
+    parser.add_argument("--collect-only", action="store_true", help="only rewrite the table, plot and record from the finished runs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -270,6 +271,9 @@ def main(argv=None):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = os.path.abspath(args.output_dir)
     ab = Ablation(out, args.seeds, args.opts, os.path.abspath(args.results))
+    if args.collect_only:
+        print(ab.write(rows))
+        return
     # seed-major order within each row, so a row's seeds finish together; stage-1 rows before their pipelines
     order = []
     for row in rows:
