@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -236,3 +237,14 @@ def test_weakshot_ablation_record_table_and_plot(tmp_path):
     assert rows["oracle"]["per_class_iou"] == [{"a": 1.0}, {"a": 1.0}]
     assert "| 62.0 ± 2.8 |" in table and "81.0 ± 1.4" in table  # sample std of (60, 64) and (80, 82)
     assert os.path.isfile(tmp_path / "out" / "ablation.png")
+
+
+def test_auc_matches_the_pairwise_definition():
+    diag = importlib.import_module("weakshot_diagnostics")
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 40).astype(float)  # ties on purpose
+    labels = rng.random(40) < 0.4
+    pos, neg = scores[labels], scores[~labels]
+    expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert abs(diag.auc(scores, labels) - expected) < 1e-12
+    assert np.isnan(diag.auc([0.1, 0.2], [True, True]))

@@ -24,9 +24,15 @@ from ..data.image_io import read_label_file
 from ..utils.atomic_io import atomic_write
 from .confusion import confusion_matrix, segmentation_metrics
 
-__all__ = ["make_pseudo_label", "PseudoLabelWriter", "SUMMARY_FILE"]
+__all__ = ["make_pseudo_label", "pseudo_label_path", "PseudoLabelWriter", "SUMMARY_FILE"]
 
 SUMMARY_FILE = "pseudo_labels.json"
+
+
+def pseudo_label_path(folder: str, sem_seg_file_name: str) -> str:
+    """Where the pseudo-label of an image lives: ``<folder>/<basename of its label file>`` (the writer
+    writes there, the retraining mapper reads there)."""
+    return os.path.join(folder, os.path.basename(sem_seg_file_name))
 
 
 def make_pseudo_label(pred: np.ndarray, gt: np.ndarray, novel_tags, is_base: np.ndarray, ignore_label: int = 255) -> np.ndarray:
@@ -94,7 +100,7 @@ class PseudoLabelWriter(DatasetEvaluator):
             if bad:
                 raise ValueError(f"{inp['file_name']}: novel_tags {bad} are not novel class ids of {self._dataset_name!r}")
             label = make_pseudo_label(pred, gt, inp["novel_tags"], self._is_base, self._ignore)
-            atomic_write(os.path.join(self._output_dir, os.path.basename(inp["sem_seg_file_name"])), lambda f, a=label: Image.fromarray(a).save(f, format="PNG"))
+            atomic_write(pseudo_label_path(self._output_dir, inp["sem_seg_file_name"]), lambda f, a=label: Image.fromarray(a).save(f, format="PNG"))
             labelled = label != self._ignore
             self._counts += [1, label.size, int(labelled.sum()), int(self._is_novel[label[labelled]].sum())]
             gt_novel = self._is_novel[np.where(gt == self._ignore, 0, gt)] & (gt != self._ignore)

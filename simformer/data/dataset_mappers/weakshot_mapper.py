@@ -8,6 +8,7 @@ from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.structures import Instances
 
+from ...evaluation.pseudo_labels import pseudo_label_path
 from ..datasets.weakshot import WEAKSHOT_TYPES
 from .build import MAPPER_REGISTRY
 from .sem_seg_mapper import SemSegDatasetMapper
@@ -113,7 +114,7 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
 
     def pseudo_label_path(self, dataset_dict):
         """``<pseudo_label_dir>/<basename of sem_seg_file_name>``."""
-        return os.path.join(self.pseudo_label_dir, os.path.basename(dataset_dict["sem_seg_file_name"]))
+        return pseudo_label_path(self.pseudo_label_dir, dataset_dict["sem_seg_file_name"])
 
     def read(self, dataset_dict):
         """Image and label map; the label from the pseudo-label folder when one is set."""

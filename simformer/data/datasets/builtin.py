@@ -38,7 +38,7 @@ from .splits import (
     COCO_STUFF_10K_NOVEL_IDS,
     COCO_STUFF_171_CLASSES,
 )
-from .synthetic import OPEN_PARAMS, SYNTHETIC_CLASSES, SYNTHETIC_COLORS, default_synthetic_open_root, ensure_synthetic_dataset
+from .synthetic import OPEN_PARAMS, SYNTHETIC_CLASSES, SYNTHETIC_COLORS, SyntheticPrepare, default_synthetic_open_root
 from .weakshot import _register, _WeakShotLoader, register_simulated_weakshot
 
 __all__ = [
@@ -83,22 +83,6 @@ class RequireFolders:
 
     def __repr__(self):
         return f"RequireFolders({self.dataset!r}, {self.folders!r}, {self.command!r})"
-
-
-class _EnsureSynthetic:
-    """``prepare`` hook generating the synthetic dataset (comparable, for idempotent registration)."""
-
-    def __init__(self, root, params):
-        self.root, self.params = root, dict(params)
-
-    def __call__(self):
-        ensure_synthetic_dataset(self.root, **self.params)
-
-    def __eq__(self, other):
-        return isinstance(other, _EnsureSynthetic) and (self.root, self.params) == (other.root, other.params)
-
-    def __repr__(self):
-        return f"ensure_synthetic_dataset({self.root!r}, **{self.params!r})"
 
 
 def _register_dataset(root, subdir, command, classes, excluded, full_names, split_prefix, novel_ids):
@@ -184,7 +168,7 @@ def register_synthetic_weakshot(root=None, **params):
             ignore_label=255,
             colors=SYNTHETIC_COLORS,
             evaluator_type="sem_seg",
-            prepare=_EnsureSynthetic(root, params),
+            prepare=SyntheticPrepare(root, params),
             split_name="synthetic_ws",
         )
 

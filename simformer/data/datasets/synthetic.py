@@ -48,6 +48,7 @@ __all__ = [
     "ensure_synthetic_dataset",
     "register_synthetic",
     "describe_synthetic",
+    "SyntheticPrepare",
 ]
 
 logger = logging.getLogger(__name__)
@@ -574,17 +575,18 @@ def ensure_synthetic_dataset(root=None, force=False, **params):
     return root
 
 
-class _Prepare:
-    """Picklable, comparable ``prepare`` callable for :func:`register_sem_seg_folder`."""
+class SyntheticPrepare:
+    """Picklable, comparable ``prepare`` callable (for :func:`register_sem_seg_folder` and weak-shot
+    registrations) that generates the synthetic dataset at ``root`` with generator ``params``."""
 
     def __init__(self, root, params):
-        self.root, self.params = root, params
+        self.root, self.params = root, dict(params)
 
     def __call__(self):
         ensure_synthetic_dataset(self.root, **self.params)
 
     def __eq__(self, other):
-        return isinstance(other, _Prepare) and (self.root, self.params) == (other.root, other.params)
+        return isinstance(other, SyntheticPrepare) and (self.root, self.params) == (other.root, other.params)
 
     def __repr__(self):
         return f"ensure_synthetic_dataset({self.root!r}, **{self.params!r})"
@@ -610,7 +612,7 @@ def register_synthetic(root=None, prefix="synthetic", **params):
             ignore_label=255,
             colors=SYNTHETIC_COLORS,
             evaluator_type="sem_seg",
-            prepare=_Prepare(root, given),
+            prepare=SyntheticPrepare(root, given),
         )
 
 
