@@ -47,7 +47,7 @@ CONFIGS = os.path.join(REPO, "configs", "synthetic", "simformer")
 TEST_SET = "synthetic_ws_val"
 RESULTS = os.path.join(REPO, "benchmarks", "results", "weakshot_ablation.json")
 # The README's main job (tools/run_main.sh): stage-1 config and retraining start.
-MAIN_JOB = {"stage1": "seg_ssa.yaml", "retrain_init": "stage1"}
+MAIN_JOB = {"stage1": "seg.yaml", "retrain_init": "stage1"}
 
 # name -> (label, config, stage, task, row kind); a pipeline task gives a stage-1 and a stage-2 row.
 ROWS = {
@@ -69,6 +69,9 @@ PIPELINES = {
     "seg_retrain": ("seg", "scratch"), "crosim_retrain": ("crosim", "scratch"), "ssa_retrain": ("ssa", "scratch"),
     "seg_warm": ("seg", "stage1"), "crosim_warm": ("crosim", "stage1"), "ssa_warm": ("ssa", "stage1"),
 }  # fmt: skip
+# row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
+PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
+            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "oracle": "seg", "no_comp": "base_only"}  # fmt: skip
 DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
 
 
@@ -190,7 +193,7 @@ class Ablation:
             with open(tmp, "w") as f:
                 json.dump(payload, f, indent=1)
             os.replace(tmp, self.results_file)
-            table = format_table(records)
+            table = format_table(records) + "\n\nPaired per-seed differences (same seed = same data order):\n\n" + format_differences(records)
             with open(os.path.join(self.out, "ablation.md"), "w") as f:
                 f.write(table + "\n")
             try:
@@ -219,6 +222,24 @@ def format_table(records):
             continue
         per_seed = " / ".join(f"{v:.1f}" for v in r["hiou"])
         lines.append(f"| {r['label']} | {r['stage']} | {len(r['seeds'])} | {_ms(r['base'])} | {_ms(r['novel'])} | {_ms(r['hiou'])} | {per_seed} | {'yes' if r['in_main_job'] else ''} |")
+    return "\n".join(lines)
+
+
+def format_differences(records):
+    """Per-seed paired differences of novel mIoU and hIoU between a row and the row it builds on."""
+    by_name = {r["name"]: r for r in records}
+    lines = ["| row | compared with | seeds | Δ novel mIoU (mean ± std) | Δ novel per seed | Δ hIoU (mean ± std) |", "|---|---|---|---|---|---|"]
+    for r in records:
+        prev = by_name.get(PREVIOUS.get(r["name"], ""))
+        if prev is None:
+            continue
+        seeds = [s for s in r["seeds"] if s in prev["seeds"]]
+        if not seeds:
+            continue
+        d_novel = [r["novel"][r["seeds"].index(s)] - prev["novel"][prev["seeds"].index(s)] for s in seeds]
+        d_hiou = [r["hiou"][r["seeds"].index(s)] - prev["hiou"][prev["seeds"].index(s)] for s in seeds]
+        per_seed = " / ".join(f"{v:+.1f}" for v in d_novel)
+        lines.append(f"| {r['name']} | {prev['name']} | {len(seeds)} | {_ms(d_novel)} | {per_seed} | {_ms(d_hiou)} |")
     return "\n".join(lines)
 
 
