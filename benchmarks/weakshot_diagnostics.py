@@ -60,6 +60,26 @@ def _features(model, x):
     return mask_features[0]  # (C, h, w) of the padded image
 
 
+def pair_sharing(cfg, seed, draws=4000):
+    """How often the training pair sampler (INPUT.WEAKSHOT.PAIR_TYPE) gives two images that share a novel
+    class (image-level tags): the distillation term exists only for those pairs; and how often the focus
+    image has a novel class at all."""
+    from simformer.data.dataset_mappers import build_mapper
+
+    pair_mapper = build_mapper(cfg, is_train=True)
+    dicts = DatasetCatalog.get(cfg.DATASETS.TRAIN[0])
+    rng = np.random.default_rng(seed)
+    focus = rng.integers(0, len(dicts), draws)
+    shared = tagged = 0
+    for i in focus:
+        j = pair_mapper.pair_table.sample_partner(int(i), pair_mapper.pair_type, rng)
+        a, b = set(dicts[i]["novel_tags"]), set(dicts[j]["novel_tags"])
+        tagged += bool(a)
+        shared += bool(a & b)
+    return {"pair_type": cfg.INPUT.WEAKSHOT.PAIR_TYPE, "draws": draws, "focus_has_a_novel_class": round(tagged / draws, 4),
+            "pair_shares_a_novel_class": round(shared / draws, 4)}  # fmt: skip
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True)
@@ -144,6 +164,7 @@ def main(argv=None):
         "share_of_novel_none_pairs_among_distill_pairs": round(float(d.sum() / max(distill.sum(), 1)), 4),
         "novel_none_called_similar (p > 0.5)": round(float((scores[d] > 0.5).mean()), 4) if d.any() else None,
     }
+    result["training_pairs"] = pair_sharing(cfg, args.seed)
     print(json.dumps(result, indent=1))
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as f:
