@@ -7,6 +7,7 @@
 Rows (one model and schedule for all: configs/synthetic/simformer/Base-simformer-synthetic.yaml):
 
   oracle        novel classes with pixel labels (the upper bound)               oracle.yaml
+  oracle_long   the oracle with 1,500 iterations (= stage 1 + warm retraining)  oracle_long.yaml
   base_only     novel classes unseen                                             base_only.yaml
   no_comp       proposal-pixel transfer (novel matched by class score)           seg_no_comp.yaml
   seg           + complementary loss                                              seg.yaml
@@ -52,6 +53,7 @@ MAIN_JOB = {"stage1": "seg.yaml", "retrain_init": "stage1"}
 # name -> (label, config, stage, task, row kind); a pipeline task gives a stage-1 and a stage-2 row.
 ROWS = {
     "oracle": ("oracle: novel classes with pixel labels", "oracle.yaml", "oracle"),
+    "oracle_long": ("oracle, 1,500 iterations (the compute of stage 1 + warm retraining)", "oracle_long.yaml", "oracle"),
     "base_only": ("base-only: novel classes unseen", "base_only.yaml", 1),
     "no_comp": ("proposal-pixel transfer", "seg_no_comp.yaml", 1),
     "seg": ("+ complementary loss (seg)", "seg.yaml", 1),
@@ -71,7 +73,7 @@ PIPELINES = {
 }  # fmt: skip
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
-            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "oracle": "seg", "no_comp": "base_only"}  # fmt: skip
+            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle"}  # fmt: skip
 DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
 
 
