@@ -48,7 +48,7 @@ CONFIGS = os.path.join(REPO, "configs", "synthetic", "simformer")
 TEST_SET = "synthetic_ws_val"
 RESULTS = os.path.join(REPO, "benchmarks", "results", "weakshot_ablation.json")
 # The README's main job (tools/run_main.sh): stage-1 config and retraining start.
-MAIN_JOB = {"stage1": "seg.yaml", "retrain_init": "stage1"}
+MAIN_JOB = {"stage1": "seg_ssa.yaml", "retrain_init": "stage1"}
 
 # name -> (label, config, stage, task, row kind); a pipeline task gives a stage-1 and a stage-2 row.
 ROWS = {

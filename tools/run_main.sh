@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Set everything up (if not already done) and run the main job: the weak-shot pipeline on the built-in
 # synthetic split (generated on first use) with the recipe the weak-shot ablation supports
-# (benchmarks/results/weakshot_ablation.json): stage 1 "seg" (proposal-pixel transfer + complementary loss)
-# -> pseudo-labels of the training images -> retraining started from the stage-1 model, each stage
+# (benchmarks/results/weakshot_ablation.json): stage 1 "seg_ssa" (proposal-pixel transfer + complementary
+# loss, SSA as the pixel classification layer) -> pseudo-labels of the training images -> retraining of
+# the same model started from the stage-1 weights, each stage
 # evaluated (mIoU, base / novel mIoU, hIoU), with plots and a summary table.
 #   bash tools/run_main.sh [extra KEY VALUE overrides for every stage]
 # Re-running with the same inputs skips finished stages (and resumes an interrupted one); with other
 # overrides the affected stages run again (their old output is moved aside). Environment:
-#   SIMFORMER_MAIN_CONFIG   stage-1 config   (default configs/synthetic/simformer/seg.yaml)
-#   SIMFORMER_MAIN_RETRAIN  retraining config (default configs/synthetic/simformer/retraining_warm.yaml)
+#   SIMFORMER_MAIN_CONFIG   stage-1 config   (default configs/synthetic/simformer/seg_ssa.yaml)
+#   SIMFORMER_MAIN_RETRAIN  retraining config (default configs/synthetic/simformer/retraining_ssa_warm.yaml)
 #   SIMFORMER_MAIN_INIT     scratch | stage1  (default stage1)
 #   SIMFORMER_MAIN_OUTPUT   run folder        (default output/pipeline/synthetic)
 set -euo pipefail
@@ -17,8 +18,8 @@ bash "$ROOT/tools/setup_env.sh"
 cd "$ROOT"
 export DETECTRON2_DATASETS="${DETECTRON2_DATASETS:-$ROOT/datasets}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
-CONFIG="${SIMFORMER_MAIN_CONFIG:-configs/synthetic/simformer/seg.yaml}"
-RETRAIN="${SIMFORMER_MAIN_RETRAIN:-configs/synthetic/simformer/retraining_warm.yaml}"
+CONFIG="${SIMFORMER_MAIN_CONFIG:-configs/synthetic/simformer/seg_ssa.yaml}"
+RETRAIN="${SIMFORMER_MAIN_RETRAIN:-configs/synthetic/simformer/retraining_ssa_warm.yaml}"
 INIT="${SIMFORMER_MAIN_INIT:-stage1}"
 OUT="${SIMFORMER_MAIN_OUTPUT:-output/pipeline/synthetic}"
 exec "$ROOT/.venv/bin/python" -m simformer.tools.pipeline --stage1-config "$CONFIG" --retrain-config "$RETRAIN" \
