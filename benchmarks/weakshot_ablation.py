@@ -71,6 +71,7 @@ PIPELINES = {
     "seg_retrain": ("seg", "scratch"), "crosim_retrain": ("crosim", "scratch"), "ssa_retrain": ("ssa", "scratch"),
     "seg_warm": ("seg", "stage1"), "crosim_warm": ("crosim", "stage1"), "ssa_warm": ("ssa", "stage1"),
 }  # fmt: skip
+STAGE1_ROWS = {s for s, _ in PIPELINES.values()}  # trained once in pipeline_<row>/, shared by the pipelines
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
             "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle"}  # fmt: skip
@@ -117,7 +118,7 @@ class Ablation:
         return os.path.join(self.out, f"pipeline_{stage1_row}_{init}", f"seed{seed}")
 
     def stage1_dir(self, row, seed):
-        """Stage-1 rows are trained once, inside the first pipeline that needs them (shared by both starts)."""
+        """A stage-1 row's run; the pipelines built on it link their ``stage1/`` here (trained once)."""
         return os.path.join(self.out, f"pipeline_{row}", f"seed{seed}", "stage1")
 
     def task(self, row, seed):
@@ -137,7 +138,7 @@ class Ablation:
                 os.symlink(os.path.relpath(self.stage1_dir(s1, seed), pdir), link)
             run_pipeline(s1_config, config, pdir, opts=opts + ["TEST.NUM_VIS_OVERLAYS", "0"], log=lambda m: _log(m, log_file),
                          retrain_init=init, log_file=log_file)  # fmt: skip
-        elif ROWS[row][2] == 1 and row in {s for s, _ in PIPELINES.values()}:
+        elif row in STAGE1_ROWS:
             _train(self.stage1_dir(row, seed), config, seed, self.opts, log_file)
         else:
             _train(self.run_dir(row, seed), config, seed, self.opts, log_file)
@@ -147,7 +148,7 @@ class Ablation:
         if row in PIPELINES:
             s1, init = PIPELINES[row]
             return os.path.join(self.pipeline_dir(s1, init, seed), "retrain")
-        if row in {s for s, _ in PIPELINES.values()}:
+        if row in STAGE1_ROWS:
             return self.stage1_dir(row, seed)
         return self.run_dir(row, seed)
 
