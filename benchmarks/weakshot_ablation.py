@@ -2,6 +2,7 @@
 """The weak-shot ablation on the synthetic split, every row on several seeds, in one command:
 
     python benchmarks/weakshot_ablation.py [--seeds 1 2 3] [--jobs 2] [--rows oracle,seg,...]
+                                           [--dataset synthetic_ws|synthetic_shared_ws]
                                            [--output-dir output/ablation] [KEY VALUE ...]
 
 Rows (one model and schedule for all: configs/synthetic/simformer/Base-simformer-synthetic.yaml):
@@ -13,6 +14,7 @@ Rows (one model and schedule for all: configs/synthetic/simformer/Base-simformer
   seg           + complementary loss                                              seg.yaml
   crosim        + pixel-pixel similarity transfer                                 seg_crosim.yaml
   ssa           seg + SSA as the pixel classification layer (SSA's map)           seg_ssa.yaml
+  ssa_long      seg_ssa for 1,500 iterations (the main job's compute)             seg_ssa_long.yaml
   seg_retrain   seg -> pseudo-labels -> retraining from scratch (the paper)       retraining.yaml
   crosim_retrain  crosim -> pseudo-labels -> retraining from scratch              retraining.yaml
   seg_warm      seg -> pseudo-labels -> retraining started from stage 1's weights
@@ -26,6 +28,10 @@ completed by running the command again. After every finished run it rewrites
   <output-dir>/ablation.md, ablation.png         table (mean ± std, per-seed values) and bar plot
   benchmarks/results/weakshot_ablation.json     {"rows": [{"name", "config", "stage", "in_main_job",
                                                   "seeds", "base", "novel", "hiou", ...}]} (one value per seed)
+                                                (weakshot_ablation_shared.json for --dataset synthetic_shared_ws)
+
+The record is merged, not replaced: a (row, seed) measured now replaces its old values, the others stay, so
+a run of a few rows or seeds (or on a fresh checkout without the old run folders) completes the table.
 """
 import argparse
 import json
@@ -45,8 +51,13 @@ from simformer.engine.pipeline import _run, mark_stage_done, prepare_stage_dir, 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "synthetic", "simformer")
-TEST_SET = "synthetic_ws_val"
-RESULTS = os.path.join(REPO, "benchmarks", "results", "weakshot_ablation.json")
+RESULTS_DIR = os.path.join(REPO, "benchmarks", "results")
+# --dataset -> (training split, test split, committed record). The rows' configs train on synthetic_ws; the
+# other datasets are selected by DATASETS overrides appended to every run's options.
+DATASETS = {
+    "synthetic_ws": ("synthetic_ws_train", "synthetic_ws_val", os.path.join(RESULTS_DIR, "weakshot_ablation.json")),
+    "synthetic_shared_ws": ("synthetic_shared_ws_train", "synthetic_shared_ws_val", os.path.join(RESULTS_DIR, "weakshot_ablation_shared.json")),
+}
 # The README's main job (tools/run_main.sh): stage-1 config and retraining start.
 MAIN_JOB = {"stage1": "seg_ssa.yaml", "retrain_init": "stage1"}
 
@@ -59,6 +70,7 @@ ROWS = {
     "seg": ("+ complementary loss (seg)", "seg.yaml", 1),
     "crosim": ("+ pixel-pixel transfer (seg_crosim)", "seg_crosim.yaml", 1),
     "ssa": ("seg + SSA pixel layer (seg_ssa)", "seg_ssa.yaml", 1),
+    "ssa_long": ("seg_ssa, 1,500 iterations (the compute of the main job)", "seg_ssa_long.yaml", 1),
     "seg_retrain": ("seg -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
     "crosim_retrain": ("seg_crosim -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
     "ssa_retrain": ("seg_ssa -> pseudo-labels -> retraining (scratch)", "retraining_ssa.yaml", 2),
@@ -74,12 +86,12 @@ PIPELINES = {
 STAGE1_ROWS = {s for s, _ in PIPELINES.values()}  # trained once in pipeline_<row>/, shared by the pipelines
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
-            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle"}  # fmt: skip
+            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "ssa_long": "ssa"}  # fmt: skip
 DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
 
 
-def _full_metrics(run_dir):
-    path = os.path.join(run_dir, "inference", TEST_SET, "sem_seg_evaluation.pth")
+def _full_metrics(run_dir, test_set):
+    path = os.path.join(run_dir, "inference", test_set, "sem_seg_evaluation.pth")
     return {k: float(v) for k, v in torch.load(path, weights_only=False).items()} if os.path.isfile(path) else None
 
 
@@ -107,8 +119,10 @@ def _stage_seconds(run_dir):
 
 
 class Ablation:
-    def __init__(self, out, seeds, opts, results_file):
-        self.out, self.seeds, self.opts, self.results_file = out, seeds, list(opts), results_file
+    def __init__(self, out, seeds, opts, results_file, dataset="synthetic_ws"):
+        self.out, self.seeds, self.results_file, self.dataset = out, seeds, results_file, dataset
+        train, self.test_set, _ = DATASETS[dataset]
+        self.opts = list(opts) if dataset == "synthetic_ws" else list(opts) + ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{self.test_set}',)"]
         self.lock = threading.Lock()
 
     def run_dir(self, row, seed):
@@ -162,7 +176,7 @@ class Ablation:
                 rec["stage1"], rec["retrain_init"] = PIPELINES[row]
                 rec["pseudo_label_novel_iou"], rec["pseudo_label_coverage"] = [], []
             for seed in self.seeds:
-                m = _full_metrics(self.row_dir(row, seed))
+                m = _full_metrics(self.row_dir(row, seed), self.test_set)
                 if m is None:
                     continue
                 rec["seeds"].append(seed)
@@ -172,7 +186,7 @@ class Ablation:
                 rec["miou"].append(round(m["mIoU"], 2))
                 sec = _stage_seconds(self.row_dir(row, seed))
                 rec["minutes"].append(round(sec / 60, 1) if sec else None)
-                if row == "oracle":
+                if row in ("oracle", "oracle_long"):
                     rec.setdefault("per_class_iou", []).append({k[4:]: round(v, 1) for k, v in m.items() if k.startswith("IoU-")})
                 if row in PIPELINES:
                     s1, init = PIPELINES[row]
@@ -188,9 +202,9 @@ class Ablation:
 
     def write(self, rows):
         with self.lock:
-            records = self.collect(rows)
+            records = merge_records(_read_records(self.results_file, self.test_set), self.collect(rows))
             os.makedirs(os.path.dirname(self.results_file), exist_ok=True)
-            payload = {"benchmark": "synthetic_ws (open variant), benchmarks/weakshot_ablation.py", "test_set": TEST_SET,
+            payload = {"benchmark": f"{self.dataset}, benchmarks/weakshot_ablation.py", "test_set": self.test_set,
                        "opts": self.opts, "main_job": MAIN_JOB, "rows": records}  # fmt: skip
             tmp = self.results_file + ".tmp"
             with open(tmp, "w") as f:
@@ -204,6 +218,50 @@ class Ablation:
             except Exception as e:  # noqa: BLE001  (the table matters more than the picture)
                 print(f"plot not written: {e}")
             return table
+
+
+def _read_records(path, test_set):
+    """The rows of an existing record of the same benchmark (same test set), else ``[]``."""
+    try:
+        with open(path) as f:
+            payload = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return payload.get("rows", []) if payload.get("test_set") == test_set else []
+
+
+PER_SEED_KEYS = ("base", "novel", "hiou", "miou", "minutes", "per_class_iou", "pseudo_label_novel_iou", "pseudo_label_coverage")
+
+
+def merge_records(previous, fresh):
+    """Rows of ``previous`` (the committed record) updated by ``fresh`` (runs found on disk), per seed.
+
+    A seed measured now replaces that seed's old values; seeds only in the record are kept (their run
+    folders may be gone: a new checkout, another machine), so running a few rows or seeds never drops the
+    rest of the table. Rows keep the record's order; new rows are appended."""
+    out = {r["name"]: dict(r) for r in previous}
+    order = [r["name"] for r in previous]
+    for new in fresh:
+        old = out.get(new["name"])
+        if old is None:
+            out[new["name"]] = new
+            order.append(new["name"])
+            continue
+        merged = {k: v for k, v in new.items() if k not in PER_SEED_KEYS and k != "seeds"}
+        seeds = sorted(set(old.get("seeds", [])) | set(new["seeds"]))
+        merged["seeds"] = seeds
+        for key in PER_SEED_KEYS:
+            if key not in old and key not in new:
+                continue
+            values = []
+            for s in seeds:
+                src = new if s in new["seeds"] else old
+                vals = src.get(key, [])
+                i = src["seeds"].index(s)
+                values.append(vals[i] if i < len(vals) else None)
+            merged[key] = values
+        out[new["name"]] = merged
+    return [out[n] for n in order]
 
 
 def _in_main_job(row):
@@ -280,7 +338,8 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (each gets cores / jobs threads)")
     parser.add_argument("--rows", default=DEFAULT_ROWS, help=f"comma-separated rows, in the order to run them; any of {', '.join(ROWS)}")
-    parser.add_argument("--results", default=RESULTS, help="the committed JSON record")
+    parser.add_argument("--dataset", default="synthetic_ws", choices=sorted(DATASETS), help="weak-shot split every row trains and is tested on")
+    parser.add_argument("--results", default=None, help="the committed JSON record (default: the dataset's, in benchmarks/results/)")
     parser.add_argument("--collect-only", action="store_true", help="only rewrite the table, plot and record from the finished runs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
@@ -294,7 +353,7 @@ def main(argv=None):
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = os.path.abspath(args.output_dir)
-    ab = Ablation(out, args.seeds, args.opts, os.path.abspath(args.results))
+    ab = Ablation(out, args.seeds, args.opts, os.path.abspath(args.results or DATASETS[args.dataset][2]), args.dataset)
     if args.collect_only:
         print(ab.write(rows))
         return

@@ -224,7 +224,7 @@ def test_weakshot_ablation_record_table_and_plot(tmp_path):
     runner = ab.Ablation(str(tmp_path / "out"), [1, 2, 3], [], str(tmp_path / "record.json"))
     metrics = {("oracle", 1): (80.0, 60.0), ("oracle", 2): (82.0, 64.0), ("seg_warm", 1): (78.0, 40.0)}
     for (row, seed), (base, novel) in metrics.items():
-        d = os.path.join(runner.row_dir(row, seed), "inference", ab.TEST_SET)
+        d = os.path.join(runner.row_dir(row, seed), "inference", runner.test_set)
         os.makedirs(d)
         hiou = 2 * base * novel / (base + novel)
         torch.save({"mIoU": (base + novel) / 2, "mIoU_base": base, "mIoU_novel": novel, "hIoU": hiou, "IoU-a": 1.0}, os.path.join(d, "sem_seg_evaluation.pth"))
@@ -237,6 +237,27 @@ def test_weakshot_ablation_record_table_and_plot(tmp_path):
     assert rows["oracle"]["per_class_iou"] == [{"a": 1.0}, {"a": 1.0}]
     assert "| 62.0 ± 2.8 |" in table and "81.0 ± 1.4" in table  # sample std of (60, 64) and (80, 82)
     assert os.path.isfile(tmp_path / "out" / "ablation.png")
+
+    # a later run of one row and seed on a fresh checkout (old run folders gone) merges into the record
+    import shutil
+
+    shutil.rmtree(tmp_path / "out")
+    fresh = ab.Ablation(str(tmp_path / "out"), [3], [], str(tmp_path / "record.json"))
+    d = os.path.join(fresh.row_dir("oracle", 3), "inference", fresh.test_set)
+    os.makedirs(d)
+    torch.save({"mIoU": 70.0, "mIoU_base": 84.0, "mIoU_novel": 56.0, "hIoU": 67.2, "IoU-a": 2.0}, os.path.join(d, "sem_seg_evaluation.pth"))
+    fresh.write(["oracle"])
+    rows = {r["name"]: r for r in json.load(open(tmp_path / "record.json"))["rows"]}
+    assert list(rows) == ["oracle", "seg", "seg_warm"] and rows["seg_warm"]["novel"] == [40.0]
+    assert rows["oracle"]["seeds"] == [1, 2, 3] and rows["oracle"]["novel"] == [60.0, 64.0, 56.0]
+    assert rows["oracle"]["per_class_iou"][2] == {"a": 2.0}
+
+
+def test_weakshot_ablation_other_dataset_adds_its_splits(tmp_path):
+    ab = importlib.import_module("weakshot_ablation")
+    runner = ab.Ablation(str(tmp_path), [1], ["SOLVER.MAX_ITER", "5"], str(tmp_path / "r.json"), "synthetic_shared_ws")
+    assert runner.test_set == "synthetic_shared_ws_val"
+    assert runner.opts == ["SOLVER.MAX_ITER", "5", "DATASETS.TRAIN", "('synthetic_shared_ws_train',)", "DATASETS.TEST", "('synthetic_shared_ws_val',)"]
 
 
 def test_auc_matches_the_pairwise_definition():

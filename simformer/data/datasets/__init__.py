@@ -2,9 +2,12 @@
 
 - :mod:`.folder`: ``register_sem_seg_folder`` for any folder of images + label PNGs.
 - :mod:`.synthetic`: the built-in synthetic dataset (``synthetic_train`` / ``synthetic_val``).
+- :mod:`.synthetic_shared`: a second synthetic dataset whose classes share shapes and textures
+  (``synthetic_shared_*``, weak-shot split ``synthetic_shared_ws_*``).
 """
 from . import folder, synthetic  # noqa: F401
 from . import builtin, weakshot  # noqa: F401
+from . import synthetic_shared  # noqa: F401
 from .weakshot import register_real_weakshot, register_simulated_weakshot  # noqa: F401
 from .folder import load_sem_seg_folder, register_sem_seg_folder  # noqa: F401
 from .synthetic import (  # noqa: F401

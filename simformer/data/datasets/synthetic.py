@@ -46,6 +46,8 @@ __all__ = [
     "default_synthetic_root",
     "generate_synthetic_dataset",
     "ensure_synthetic_dataset",
+    "ensure_generated_dataset",
+    "write_generated_dataset",
     "register_synthetic",
     "describe_synthetic",
     "SyntheticPrepare",
@@ -453,47 +455,51 @@ def generate_synthetic_dataset(out_dir, **params):
     Deterministic: the same params give byte-identical PNGs. ``meta.json`` is written last.
     """
     p = _normalize_params(params)
+    open_world = p["unknown_objects"][1] > 0 or p["unlabelled_patch_prob"] > 0
+
+    def per_split(split_id, n):
+        split_rng = np.random.default_rng([p["seed"], split_id, 0])
+        counts = split_rng.integers(p["min_objects"], p["max_objects"] + 1, size=n)
+        for i, classes in enumerate(_object_classes(split_rng, counts)):
+            extra = np.random.default_rng([p["seed"], split_id, 2, i]) if open_world else None
+            yield _render(np.random.default_rng([p["seed"], split_id, 1, i]), classes, p, extra)
+
+    meta = {"generator": _GENERATOR_TAG, "version": GENERATOR_VERSION, "params": p, "classes": SYNTHETIC_CLASSES,
+            "stuff_ids": SYNTHETIC_STUFF_IDS, "object_ids": SYNTHETIC_OBJECT_IDS}  # fmt: skip
+    return write_generated_dataset(out_dir, meta, {split: per_split(k, p[f"num_{split}"]) for k, split in enumerate(SPLITS)})
+
+
+def write_generated_dataset(out_dir, meta, renders):
+    """Write ``renders`` (split -> iterable of (image HxWx3 RGB uint8, label HxW uint8)) as
+    ``<out_dir>/{images,labels}/<split>/<split>_<i>.png`` and ``meta.json`` (written last: ``meta`` plus
+    counts and per-class / ignore pixel counts). ``out_dir`` must be empty or missing. Returns the meta."""
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"synthetic dataset: output folder '{out_dir}' is not empty")
-    k = len(SYNTHETIC_CLASSES)
-    meta = {
-        "generator": _GENERATOR_TAG,
-        "version": GENERATOR_VERSION,
-        "params": p,
-        "classes": SYNTHETIC_CLASSES,
-        "stuff_ids": SYNTHETIC_STUFF_IDS,
-        "object_ids": SYNTHETIC_OBJECT_IDS,
-        "counts": {},
-        "class_pixel_counts": {},
-    }
+    meta = dict(meta, counts={}, class_pixel_counts={}, ignore_pixel_counts={})
+    k = len(meta["classes"])
     start = time.perf_counter()
-    for split_id, split in enumerate(SPLITS):
-        n = p[f"num_{split}"]
+    for split, items in renders.items():
         img_dir = os.path.join(out_dir, "images", split)
         lab_dir = os.path.join(out_dir, "labels", split)
         os.makedirs(img_dir, exist_ok=True)
         os.makedirs(lab_dir, exist_ok=True)
-        split_rng = np.random.default_rng([p["seed"], split_id, 0])
-        counts = split_rng.integers(p["min_objects"], p["max_objects"] + 1, size=n)
-        per_image = _object_classes(split_rng, counts)
         pixels = np.zeros(256, dtype=np.int64)
-        for i in range(n):
-            open_world = p["unknown_objects"][1] > 0 or p["unlabelled_patch_prob"] > 0
-            extra = np.random.default_rng([p["seed"], split_id, 2, i]) if open_world else None
-            image, label = _render(np.random.default_rng([p["seed"], split_id, 1, i]), per_image[i], p, extra)
+        n = 0
+        for i, (image, label) in enumerate(items):
             stem = f"{split}_{i:05d}"
             for path, arr in ((os.path.join(img_dir, stem + ".png"), image[:, :, ::-1]), (os.path.join(lab_dir, stem + ".png"), label)):
                 if not cv2.imwrite(path, arr):
                     raise OSError(f"synthetic dataset: could not write '{path}'")
             pixels += np.bincount(label.ravel(), minlength=256)
-            if (i + 1) % 200 == 0:
-                logger.info(f"synthetic {split}: {i + 1}/{n} images")
+            n = i + 1
+            if n % 200 == 0:
+                logger.info(f"{meta['generator']} {split}: {n} images")
         meta["counts"][split] = n
         meta["class_pixel_counts"][split] = pixels[:k].tolist()
-        meta.setdefault("ignore_pixel_counts", {})[split] = int(pixels[255])
+        meta["ignore_pixel_counts"][split] = int(pixels[255])
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    logger.info(f"Generated {sum(meta['counts'].values())} synthetic images in {time.perf_counter() - start:.1f} s")
+    logger.info(f"Generated {sum(meta['counts'].values())} images ({meta['generator']}) in {time.perf_counter() - start:.1f} s")
     return meta
 
 
@@ -505,27 +511,27 @@ def _read_meta(root):
         return None
 
 
-def _is_current(root, p):
+def _is_current(root, p, tag=_GENERATOR_TAG, version=GENERATOR_VERSION):
     meta = _read_meta(root)
-    return meta is not None and meta.get("version") == GENERATOR_VERSION and meta.get("params") == p
+    return meta is not None and meta.get("generator", tag) == tag and meta.get("version") == version and meta.get("params") == p
 
 
-def _check_replaceable(dst):
+def _check_replaceable(dst, tag=_GENERATOR_TAG):
     """Refuse to replace anything but an empty folder or a dataset written by this generator."""
     if not os.path.lexists(dst):
         return
     meta = _read_meta(dst)
-    if not (os.path.isdir(dst) and (not os.listdir(dst) or (meta or {}).get("generator") == _GENERATOR_TAG)):
+    if not (os.path.isdir(dst) and (not os.listdir(dst) or (meta or {}).get("generator") == tag)):
         raise FileExistsError(
             f"'{dst}' exists but is not a simformer synthetic dataset (no meta.json from this generator); "
             "remove it or choose another root"
         )
 
 
-def _replace_dir(src, dst):
+def _replace_dir(src, dst, tag=_GENERATOR_TAG):
     """Move ``src`` to ``dst``, replacing a previous synthetic dataset there."""
     if os.path.lexists(dst):
-        _check_replaceable(dst)
+        _check_replaceable(dst, tag)
         old = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.old-", dir=os.path.dirname(dst))
         os.replace(dst, os.path.join(old, "data"))
         os.replace(src, dst)
@@ -542,8 +548,13 @@ def ensure_synthetic_dataset(root=None, force=False, **params):
     ``force=True`` regenerates. Returns the absolute root.
     """
     root = os.path.abspath(os.path.expanduser(root or default_synthetic_root()))
-    p = _normalize_params(params)
-    if not force and _is_current(root, p):
+    return ensure_generated_dataset(root, _normalize_params(params), _GENERATOR_TAG, GENERATOR_VERSION, generate_synthetic_dataset, force=force)
+
+
+def ensure_generated_dataset(root, p, tag, version, generate, force=False):
+    """:func:`ensure_synthetic_dataset` for any generator: ``generate(out_dir, **p)`` writes a dataset whose
+    ``meta.json`` has ``generator`` = ``tag``, ``version`` and ``params`` = ``p``."""
+    if not force and _is_current(root, p, tag, version):
         return root
     parent, base = os.path.split(root)
     os.makedirs(parent, exist_ok=True)
@@ -555,17 +566,17 @@ def ensure_synthetic_dataset(root=None, force=False, **params):
                 logger.info(f"Waiting for another process generating the synthetic dataset at '{root}' ...")
                 fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            if not force and _is_current(root, p):
+            if not force and _is_current(root, p, tag, version):
                 return root
-            _check_replaceable(root)
+            _check_replaceable(root, tag)
             for name in os.listdir(parent):  # leftovers of a killed generator (we hold the lock)
                 if name.startswith((f".{base}.tmp-", f".{base}.old-")):
                     shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
             logger.info(f"Generating synthetic dataset at '{root}' ({p['num_train']} train, {p['num_val']} val) ...")
             tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
             try:
-                generate_synthetic_dataset(tmp, **p)
-                _replace_dir(tmp, root)
+                generate(tmp, **p)
+                _replace_dir(tmp, root, tag)
                 logger.info(f"Synthetic dataset ready at '{root}'")
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
