@@ -269,3 +269,22 @@ def test_auc_matches_the_pairwise_definition():
     expected = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
     assert abs(diag.auc(scores, labels) - expected) < 1e-12
     assert np.isnan(diag.auc([0.1, 0.2], [True, True]))
+
+
+def test_gpu_check_dry_run_writes_its_tables(tmp_path, monkeypatch):
+    """benchmarks/gpu_check.py --dry-run (CPU, tiny sizes) runs the device script's code paths: a
+    throughput row, the CPU-vs-device loss comparison (equal on one device) and the Predictor timing."""
+    import json
+
+    gc = importlib.import_module("gpu_check")
+    monkeypatch.setattr(gc, "DRY_RUN_CASES", [("seg_crosim", "fp32", "defaults")])
+    assert gc.main(["--dry-run", "--sections", "throughput,consistency", "--out", str(tmp_path)]) == 0
+    result = json.load(open(tmp_path / "gpu_check.json"))
+    (row,) = result["sections"]["throughput"]
+    assert row["model"] == "seg_crosim" and row["images_per_s"] > 0 and row["images"] == 2
+    cons = result["sections"]["consistency"]
+    assert cons["within_tolerance"] and all(r["rel_diff"] == 0 for r in cons["losses"]) and cons["predict_images_per_s"] > 0
+    assert (tmp_path / "2_throughput.md").read_text().count("| seg_crosim | fp32 | defaults |") == 1
+    assert ("peer" not in result["sections"]) and (tmp_path / "4_consistency.md").is_file()
+    # the full matrix puts the defaults of every model and precision first (the time budget cuts the tail)
+    assert gc.throughput_cases()[:9] == [(m, p, "defaults") for p in ("fp32", "bf16", "fp16") for m in ("maskformer", "seg", "seg_crosim")]

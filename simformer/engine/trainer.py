@@ -81,6 +81,18 @@ class Trainer(DefaultTrainer):
         this = weakref.ref(self)
         self.register_hooks([IterationSeed(lambda: this().data_seed)])
 
+    def build_writers(self):
+        """detectron2's writers (console, ``metrics.json``, TensorBoard); the TensorBoard one only when the
+        ``tensorboard`` package is installed (detectron2 0.6 fails at start without it)."""
+        from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+
+        writers = [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
+        try:
+            writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))
+        except ImportError as e:
+            logger.warning(f"No TensorBoard event files ({e}); metrics.json and the console log are written")
+        return writers
+
     @classmethod
     def build_train_loader(cls, cfg):
         check_dataset_names(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")  # before the mapper reads their metadata

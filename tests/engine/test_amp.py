@@ -55,6 +55,7 @@ def test_float16_needs_cuda_and_dtype_names_are_checked():
         amp_dtype("half")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="float16 + GradScaler needs CUDA")
 def test_float16_on_cuda_uses_a_grad_scaler_saved_with_the_trainer():
     model = _Recorder().cuda()

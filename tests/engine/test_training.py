@@ -144,3 +144,23 @@ def test_two_cpu_processes_train_with_gloo(tiny, tmp_path):
     assert "world size: 2" in log.lower() or "rank 1" in log.lower()
     assert os.path.exists(os.path.join(out, "model_final.pth"))
     assert _iterations(out)[-1] == 2
+
+
+def test_writers_without_tensorboard(tmp_path, monkeypatch):
+    """Without the tensorboard package (the GPU image has none) training still writes metrics.json and
+    the console log instead of failing at start."""
+    from types import SimpleNamespace
+
+    import detectron2.utils.events as events
+
+    from simformer.engine import Trainer
+
+    owner = SimpleNamespace(max_iter=3, cfg=SimpleNamespace(OUTPUT_DIR=str(tmp_path)))
+    kinds = [type(w).__name__ for w in Trainer.build_writers(owner)]
+    assert kinds == ["CommonMetricPrinter", "JSONWriter", "TensorboardXWriter"]
+
+    def no_tensorboard(*a, **k):
+        raise ImportError("No module named 'tensorboard'")
+
+    monkeypatch.setattr(events, "TensorboardXWriter", no_tensorboard)
+    assert [type(w).__name__ for w in Trainer.build_writers(owner)] == ["CommonMetricPrinter", "JSONWriter"]
