@@ -69,7 +69,10 @@ cp "$ROOT/tools/d2_c_stub.py" "$SRC/detectron2/_C.py"
 "$PY" -m pip wheel "${PIP_ARGS[@]}" -q --no-deps --no-build-isolation -w "$OUT" "$SRC"
 
 log "simformer (this checkout) and the repository files the check runs"
-"$PY" -m pip wheel "${PIP_ARGS[@]}" -q --no-deps --no-build-isolation -w "$OUT" "$ROOT"
+mkdir -p "$WORK/simformer-src"  # a clean copy: setuptools' build/ folder would keep files deleted since
+cp -r "$ROOT/setup.py" "$ROOT/simformer" "$ROOT/ssa_adapter" "$WORK/simformer-src/"
+find "$WORK/simformer-src" -name __pycache__ -prune -exec rm -rf {} +
+"$PY" -m pip wheel "${PIP_ARGS[@]}" -q --no-deps --no-build-isolation -w "$OUT" "$WORK/simformer-src"
 tar -C "$ROOT" -czf "$OUT/simformer-tree.tar.gz" --exclude='__pycache__' --exclude='*.pyc' \
   benchmarks configs tests tools pytest.ini setup.py train_net.py
 (cd "$ROOT" && git rev-parse HEAD 2>/dev/null || echo unknown) > "$OUT/COMMIT"
