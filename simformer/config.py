@@ -254,6 +254,12 @@ def add_simformer_config(cfg):
     cfg.TEST.SLIDING_WINDOW.ENABLED = False
     cfg.TEST.SLIDING_WINDOW.SIZE = (0, 0)
     cfg.TEST.SLIDING_WINDOW.STRIDE = (0, 0)
+    # Test-time augmentation (simformer/modeling/test_time_augmentation.py; detectron2's TEST.AUG keys):
+    # ENABLED averages the class score maps of every short side in MIN_SIZES (long side <= MAX_SIZE), with
+    # and without a horizontal flip (FLIP), at the original resolution; combines with SLIDING_WINDOW.
+    # PSEUDO_LABELS: use TTA for the pipeline's pseudo-labels only (evaluation stays single-scale unless
+    # ENABLED), as the official ADE20K pseudo-label recipe does.
+    cfg.TEST.AUG.PSEUDO_LABELS = False
 
     # ---------------------------------------------------------------- reliability (simformer/engine/nonfinite.py)
     # A step whose loss terms are not all finite is caught before its backward pass. False: save

@@ -6,7 +6,8 @@ resizes every image as at test time (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``
 resized sizes are equal together, at most ``batch_size`` per forward pass. Images are never padded to a
 common size: padding would change what the query decoder attends to, so a batch gives the same scores as
 one image at a time. With ``TEST.SLIDING_WINDOW.ENABLED`` the windows of each image are batched instead
-(:class:`~simformer.modeling.sliding_window.SlidingWindowInference`).
+(:class:`~simformer.modeling.sliding_window.SlidingWindowInference`); with ``TEST.AUG.ENABLED`` each image's
+scales and flips (:class:`~simformer.modeling.test_time_augmentation.SemanticSegmentorWithTTA`).
 """
 from typing import Dict, List, Sequence
 
@@ -17,6 +18,7 @@ from detectron2.modeling import build_model
 
 from ..data.dataset_mappers.sem_seg_mapper import SemSegTestMapper
 from ..modeling.sliding_window import SlidingWindowInference
+from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
 __all__ = ["BatchPredictor", "run_grouped"]
 
@@ -40,6 +42,8 @@ class BatchPredictor:
             DetectionCheckpointer(self.model).load(self.cfg.MODEL.WEIGHTS)
         self.resize = SemSegTestMapper(self.cfg).resize
         self.runner = SlidingWindowInference.from_config(self.cfg, self.model, batch_size) if self.cfg.TEST.SLIDING_WINDOW.ENABLED else self.model
+        if self.cfg.TEST.AUG.ENABLED:  # multi-scale + flip TTA: one image per call, its views batched
+            self.runner = SemanticSegmentorWithTTA.from_config(self.cfg, self.runner)
 
     def prepare(self, image: np.ndarray) -> Dict:
         """(H, W, 3) uint8 -> model input dict (resized as at test time; ``height`` / ``width`` = H, W)."""

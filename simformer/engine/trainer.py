@@ -34,6 +34,7 @@ from ..evaluation import SemSegEvaluator
 from ..data.train_loader import ResumableTrainLoader, build_resumable_train_loader, check_dataset_names
 from ..evaluation.pseudo_labels import PseudoLabelWriter
 from ..modeling.sliding_window import SlidingWindowInference
+from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA, uses_tta
 from ..utils import d2compat
 from .checkpoint import AtomicCheckpointer, capture_rng_states, restore_rng_states
 from .hooks import IterationSeed
@@ -113,9 +114,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        """detectron2's evaluation; with ``TEST.SLIDING_WINDOW.ENABLED`` the model predicts window by window."""
+        """detectron2's evaluation; with ``TEST.SLIDING_WINDOW.ENABLED`` the model predicts window by window,
+        with ``TEST.AUG.ENABLED`` (or ``TEST.AUG.PSEUDO_LABELS`` when writing pseudo-labels) through TTA."""
         if cfg.TEST.SLIDING_WINDOW.ENABLED:
             model = SlidingWindowInference.from_config(cfg, getattr(model, "module", model))
+        if uses_tta(cfg):
+            model = SemanticSegmentorWithTTA.from_config(cfg, model)
         return super().test(cfg, model, evaluators)
 
     @classmethod

@@ -157,6 +157,7 @@ class Predictor:
 
         from ..data.dataset_mappers.sem_seg_mapper import SemSegTestMapper
         from ..modeling.sliding_window import SlidingWindowInference
+        from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -182,6 +183,8 @@ class Predictor:
         self.resize = SemSegTestMapper(cfg).resize
         # TEST.SLIDING_WINDOW: images larger than the window are predicted window by window (windows batched)
         self.runner = SlidingWindowInference.from_config(cfg, self.model) if cfg.TEST.SLIDING_WINDOW.ENABLED else self.model
+        if cfg.TEST.AUG.ENABLED:  # --tta: multi-scale + flip, score maps averaged (one image per call)
+            self.runner = SemanticSegmentorWithTTA.from_config(cfg, self.runner)
         self.input_format = cfg.INPUT.FORMAT
         self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
 
@@ -298,6 +301,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=None, help="registered dataset whose class names / colours / base-novel split to show (default: the config's first test dataset)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=4, help="images per forward pass (default 4)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: the config's TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP, score maps averaged")
     p.add_argument("--recursive", action="store_true", help="also take images from sub-folders of folder inputs")
     p.add_argument("--alpha", type=float, default=0.55, help="overlay opacity of the class colours")
     p.add_argument("--vis-max-size", type=int, default=1024, help="overlay panels: longer side at most this (0 = no limit), small images enlarged to 128 px; label PNGs keep the full size")
@@ -332,7 +336,7 @@ def run(args) -> int:
     os.makedirs(args.output, exist_ok=True)
     out_abs = os.path.abspath(args.output)
 
-    cfg = build_cfg(args.config_file, args.opts)
+    cfg = build_cfg(args.config_file, list(args.opts) + (["TEST.AUG.ENABLED", "True"] if args.tta else []))
     weights = args.weights or cfg.MODEL.WEIGHTS
     if not weights:
         print("error: no weights: pass --weights or set MODEL.WEIGHTS", file=sys.stderr)
