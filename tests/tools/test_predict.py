@@ -149,3 +149,19 @@ def test_expand_inputs(tmp_path):
 def test_module_entry_point():
     r = subprocess.run([sys.executable, "-m", "simformer.tools.predict", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 0 and "--config-file" in r.stdout
+
+
+def test_predict_command_with_tta(tmp_path, weights):
+    """--tta runs the config's TEST.AUG scales and flips; labels keep the input size."""
+    from simformer.modeling.test_time_augmentation import SemanticSegmentorWithTTA
+
+    d = tmp_path / "in"
+    os.makedirs(d)
+    Image.fromarray(_pattern(40, 56, 1)).save(d / "a.png")
+    out = str(tmp_path / "out")
+    rc = main(["--config-file", CONFIG, "--weights", weights, "--input", str(d), "--output", out, "--tta", "--device", "cpu",
+               "--quiet", "--no-overlay", "--opts", *TINY, "TEST.AUG.MIN_SIZES", "(48, 64)", "TEST.AUG.MAX_SIZE", "200"])  # fmt: skip
+    assert rc == 0
+    assert np.asarray(Image.open(os.path.join(out, "a_label.png"))).shape == (40, 56)
+    predictor = Predictor(build_cfg(CONFIG, TINY + ["TEST.AUG.ENABLED", "True"]), weights, "cpu")
+    assert isinstance(predictor.runner, SemanticSegmentorWithTTA) and predictor.runner.flip
