@@ -276,7 +276,7 @@ def section_consistency(args, budget, out):
     rel = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(losses["cpu"], losses[args.device])]
     rows = [{"step": i, "cpu": a, "gpu": b, "rel_diff": r} for i, (a, b, r) in enumerate(zip(losses["cpu"], losses[args.device], rel))]
     # Predictor throughput (simformer-predict's engine), R50 MaskFormer with random weights saved to a file
-    from simformer.tools.predict import Predictor
+    from simformer.engine.predictor import Predictor
 
     import bench_vs_hf_maskformer as HF
 

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..data.image_io import IMAGE_EXTENSIONS, read_image_file, read_label_file
+from ..engine.predictor import Predictor, upsample_argmax  # noqa: F401  (the one predictor; re-exported)
 
 __all__ = ["expand_inputs", "load_image", "upsample_argmax", "Predictor", "main"]
 
@@ -120,105 +121,6 @@ def match_labels(images: Sequence[str], gt: Optional[Sequence[str]]) -> Dict[str
     if len(gt) != len(images):
         raise ValueError(f"--gt: got {len(gt)} label files for {len(images)} images; give one label file per image (same order) or one folder")
     return dict(zip(images, gt))
-
-
-# ----------------------------------------------------------------------------------------------- model
-def upsample_argmax(scores, height: int, width: int, max_elements: int = 1 << 25):
-    """argmax over classes of ``scores`` (K, h, w) bilinearly resized to (height, width), computed in
-    chunks of classes so that large images need no (K, height, width) tensor. Same result (ties: lowest
-    class id) as ``interpolate(scores).argmax(0)``."""
-    import torch
-    from torch.nn import functional as F
-
-    k, h, w = scores.shape
-    if (h, w) == (height, width):
-        return scores.argmax(0)
-    chunk = max(1, max_elements // max(1, height * width))
-    best = arg = None
-    for start in range(0, k, chunk):
-        up = F.interpolate(scores[None, start : start + chunk].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-        val, idx = up.max(0)
-        idx = idx + start
-        if best is None:
-            best, arg = val, idx
-        else:
-            better = val > best
-            best, arg = torch.where(better, val, best), torch.where(better, idx, arg)
-    return arg
-
-
-class Predictor:
-    """A model built from ``cfg`` with ``weights`` loaded, predicting label maps for RGB arrays."""
-
-    def __init__(self, cfg, weights: str, device: str = "auto"):
-        import torch
-        from detectron2.checkpoint import DetectionCheckpointer
-        from detectron2.modeling import build_model
-
-        from ..data.dataset_mappers.sem_seg_mapper import SemSegTestMapper
-        from ..modeling.sliding_window import SlidingWindowInference
-        from ..modeling.test_time_augmentation import SemanticSegmentorWithTTA
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.MODEL.DEVICE = device
-        cfg.MODEL.WEIGHTS = weights
-        cfg.freeze()
-        self.cfg, self.device = cfg, device
-        self.model = build_model(cfg).eval()
-        ck = DetectionCheckpointer(self.model)
-        local = ck.path_manager.get_local_path(weights)
-        if not os.path.isfile(local):
-            raise FileNotFoundError(f"weights file not found: {weights}")
-        incompatible = ck._load_model(ck._load_file(local))
-        if incompatible.incorrect_shapes:
-            k, have, want = incompatible.incorrect_shapes[0]
-            raise ValueError(f"{weights} does not fit the config: {len(incompatible.incorrect_shapes)} tensors have other shapes (e.g. {k}: {tuple(have)} in the file, {tuple(want)} in the model; another NUM_CLASSES?)")
-        missing = [k for k in incompatible.missing_keys if not k.endswith("num_batches_tracked")]
-        self.missing_keys = missing
-        if missing:
-            logger.warning(f"{len(missing)} model parameters are not in {weights} (e.g. {missing[:3]}): do the config and the weights match?")
-        self.resize = SemSegTestMapper(cfg).resize
-        # TEST.SLIDING_WINDOW: images larger than the window are predicted window by window (windows batched)
-        self.runner = SlidingWindowInference.from_config(cfg, self.model) if cfg.TEST.SLIDING_WINDOW.ENABLED else self.model
-        if cfg.TEST.AUG.ENABLED:  # --tta: multi-scale + flip, score maps averaged (one image per call)
-            self.runner = SemanticSegmentorWithTTA.from_config(cfg, self.runner)
-        self.input_format = cfg.INPUT.FORMAT
-        self.num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-
-    def prepare(self, rgb: np.ndarray) -> Dict:
-        """(H, W, 3) uint8 RGB -> model input dict (resized as at test time, in ``INPUT.FORMAT``)."""
-        import torch
-        from detectron2.data import transforms as T
-
-        image = rgb
-        if self.resize is not None:
-            t = self.resize.get_transform(image)
-            if isinstance(t, T.ResizeTransform):  # extreme aspect ratios: keep at least one pixel per side
-                t = T.ResizeTransform(t.h, t.w, max(1, t.new_h), max(1, t.new_w), t.interp)
-            image = t.apply_image(image)
-        if self.input_format == "BGR":
-            image = image[:, :, ::-1]
-        elif self.input_format not in ("RGB", None):
-            raise ValueError(f"INPUT.FORMAT {self.input_format!r} is not supported by predict (RGB or BGR)")
-        h, w = image.shape[:2]
-        return {"image": torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))), "height": h, "width": w}
-
-    def predict_prepared(self, inputs: Sequence[Dict], sizes: Sequence[Tuple[int, int]]) -> List[np.ndarray]:
-        """Model inputs from :meth:`prepare` and the original (H, W) sizes -> (H, W) int64 train ids.
-
-        Only inputs of the same size share a forward pass: padding images to a common size would change
-        what the transformer decoder attends to, so a batch gives the same labels as one image at a time."""
-        from ..engine.predictor import run_grouped
-
-        results = run_grouped(self.runner, inputs, max(1, len(inputs)), windowed=self.runner is not self.model)
-        return [upsample_argmax(o["sem_seg"], *size).cpu().numpy().astype(np.int64) for o, size in zip(results, sizes)]
-
-    def __call__(self, images: Sequence[np.ndarray]) -> List[np.ndarray]:
-        """(H, W, 3) uint8 RGB arrays -> (H, W) int64 predicted train ids."""
-        return self.predict_prepared([self.prepare(im) for im in images], [im.shape[:2] for im in images])
 
 
 # ----------------------------------------------------------------------------------------------- outputs

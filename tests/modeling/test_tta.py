@@ -83,12 +83,12 @@ def test_config_switches():
 
 
 def test_batch_predictor_with_tta():
-    from simformer.engine.predictor import BatchPredictor
+    from simformer.engine.predictor import Predictor
 
     torch.manual_seed(0)
-    plain = BatchPredictor(_cfg())
+    plain = Predictor(_cfg(), device="cpu")
     torch.manual_seed(0)
-    tta = BatchPredictor(_cfg("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.FLIP", "False"))
+    tta = Predictor(_cfg("TEST.AUG.ENABLED", "True", "TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.FLIP", "False"), device="cpu")
     assert isinstance(tta.runner, SemanticSegmentorWithTTA)
     images = [np.random.RandomState(1).randint(0, 256, (64, 64, 3), dtype=np.uint8)]
-    assert torch.equal(plain(images)[0]["sem_seg"], tta(images)[0]["sem_seg"])
+    assert torch.equal(plain.scores(images)[0]["sem_seg"], tta.scores(images)[0]["sem_seg"])
