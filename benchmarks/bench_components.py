@@ -40,8 +40,9 @@ ROWS = [
 def build(config, opts, training: bool):
     cfg = get_cfg()
     add_simformer_config(cfg)
-    cfg.merge_from_file(os.path.join(CONFIGS, config))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.SSA.TEACHER", str(training)] + list(opts))
+    from simformer.utils.config_merge import merge_config
+
+    merge_config(cfg, os.path.join(CONFIGS, config), ["MODEL.WEIGHTS", "", "MODEL.SSA.TEACHER", str(training)] + list(opts))
     return build_model(cfg).eval()
 
 

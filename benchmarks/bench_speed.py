@@ -51,8 +51,9 @@ def main():
 
     cfg = get_cfg()
     add_simformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    from simformer.utils.config_merge import merge_config
+
+    merge_config(cfg, args.config_file, args.opts)
     size = args.size or int(cfg.INPUT.CROP.SIZE[0])
     batch = args.batch or cfg.SOLVER.IMS_PER_BATCH
     model = build_model(cfg)

@@ -33,8 +33,9 @@ SSA = os.path.join(REPO, "configs", "ssa", "per_pixel_R50_ssa.yaml")
 def build(config, num_classes, opts):
     cfg = get_cfg()
     add_simformer_config(cfg)
-    cfg.merge_from_file(config)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes), "MODEL.SSA.TEACHER", "False"] + opts)
+    from simformer.utils.config_merge import merge_config
+
+    merge_config(cfg, config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", str(num_classes), "MODEL.SSA.TEACHER", "False"] + opts)
     return cfg, build_model(cfg).eval()
 
 

@@ -62,8 +62,9 @@ def _seed(s):
 def losses_of(config):
     cfg = get_cfg()
     add_simformer_config(cfg)
-    cfg.merge_from_file(os.path.join(REPO, config))
-    cfg.merge_from_list(PINNED + ["DATASETS.TRAIN", f"('{NAME}',)"])
+    from simformer.utils.config_merge import merge_config
+
+    merge_config(cfg, os.path.join(REPO, config), PINNED + ["DATASETS.TRAIN", f"('{NAME}',)"])
     if cfg.MODEL.META_ARCHITECTURE == "MaskFormer":
         cfg.INPUT.DATASET_MAPPER_NAME = "SemSegDatasetMapper"
     _seed(0)

@@ -66,8 +66,9 @@ def sync_call_sites(step, batches):
 def build(args):
     cfg = get_cfg()
     add_simformer_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    from simformer.utils.config_merge import merge_config
+
+    merge_config(cfg, args.config_file, args.opts)
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.freeze()
     return cfg

@@ -96,7 +96,7 @@ def main(argv=None):
     AtomicCheckpointer(model, strict_shapes=True).load(args.weights, checkpointables=[])
     simnet = model.criterion.simnet
     if simnet is None:
-        raise SystemExit(f"{args.config_file}: no SimNet (MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS is 0)")
+        raise SystemExit(f"{args.config_file}: no SimNet (MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT is 0)")
     name = cfg.DATASETS.TEST[0]
     meta = MetadataCatalog.get(name)
     novel = np.zeros(256, bool)

@@ -17,8 +17,9 @@ def add_simformer_config(cfg):
     cfg.INPUT.COLOR_AUG_SSD = True
     # Random crop: largest fraction of the crop one category may cover (1.0 = plain random crop).
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
-    # Pad training images (bottom/right) to this fixed square size; -1 = no fixed-size padding.
-    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # Pad training images (bottom/right) to this fixed square size (formerly INPUT.SIZE_DIVISIBILITY, which
+    # was no divisibility); -1 = no fixed-size padding.
+    cfg.INPUT.PAD_TO_SIZE = -1
     # Horizontal flip probability in training.
     cfg.INPUT.FLIP_PROB = 0.5
 
@@ -105,15 +106,16 @@ def add_simformer_config(cfg):
     # Complementary loss weight (LOSS.CompSupNovel): union of the matched novel masks vs. the not-base,
     # not-padding region; 0.15 COCO, 0.2 ADE, 0 = off (retraining).
     cfg.MODEL.SIMFORMER.COMP_LOSS_WEIGHT = 0.0
-    # Fixed "ignore proposal" logit (LOSS.IgnoreInit = logit(0.05)) that floors the novel union; <= -50 disables.
+    # Fixed "ignore proposal" logit (LOSS.IgnoreInit = logit(0.05)) that floors the novel union (there is no
+    # off switch; a very negative value such as -50 makes the floor negligible).
     cfg.MODEL.SIMFORMER.IGNORE_PROPOSAL_LOGIT = -2.9444
     # Pixel-pixel similarity transfer (CROSS_IMG_SIM.*); needs the pair mapper (INPUT.DATASET_MAPPER_NAME
     # "PairDatasetMapper"), whose SOLVER.IMS_PER_BATCH counts pairs.
     cfg.MODEL.SIMFORMER.CROSS_IMG_SIM = CN()
     # Weight of SimNet's base pixel-pair loss (loss_cro_sim); 0 = no SimNet and no pair losses.
-    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS = 0.0
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT = 0.0
     # Weight of the SimNet -> novel semantic mask distillation (loss_cro_dit).
-    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_LOSS = 0.0
+    cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_WEIGHT = 0.0
     # Distillation function: "ce" (soft BCE, clamped), "cce" (confidence-thresholded), "b<theta>" (linear).
     cfg.MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_FUNC = "ce"
     # Student semantic map: "NovelScore", "FullScore", "FullLogit" or "FullLogitC" (spec §4.6).
@@ -218,8 +220,9 @@ def add_simformer_config(cfg):
     # Read by "CCSClassifier" in CLASSIFIER_REGISTRY (simformer/modeling/classifiers/ccs.py): scene-adaptive class
     # centres + cosine pixel-to-centre logits. Everything is our design (only the paper's abstract is public).
     cfg.MODEL.CCS = CN()
-    # The learnable output logit scale starts at 1/TAU and is clamped to [1, 100]; TAU in [0.01, 1].
-    cfg.MODEL.CCS.TAU = 0.1
+    # Initial softmax temperature of the cosine logits (formerly CCS.TAU): the learnable logit scale starts at
+    # 1/INIT_TEMPERATURE and is clamped to [1, 100]; INIT_TEMPERATURE in [0.01, 1]. (SSA.TAU is a logit scale.)
+    cfg.MODEL.CCS.INIT_TEMPERATURE = 0.1
     # Fixed scale of the coarse cosine logits against the global centres (their spatial softmax pools the centres).
     cfg.MODEL.CCS.COARSE_SCALE = 10.0
     # Scale each centre update by the detached presence score max_p softmax_k(coarse logits) (spec §A.6).

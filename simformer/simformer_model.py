@@ -71,12 +71,12 @@ class SimFormer(MaskFormer):
         cis = sf.CROSS_IMG_SIM
         if cis.STUDENT_PAIRS not in STUDENT_PAIRS:
             raise ValueError(f"MODEL.SIMFORMER.CROSS_IMG_SIM.STUDENT_PAIRS must be one of {STUDENT_PAIRS}, got {cis.STUDENT_PAIRS!r}")
-        if cis.DISTILL_LOSS != 0 and cis.BASE_LOSS == 0:
-            raise ValueError("MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_LOSS > 0 needs SimNet, i.e. CROSS_IMG_SIM.BASE_LOSS > 0")
-        use_pairs = cis.BASE_LOSS != 0
+        if cis.DISTILL_WEIGHT != 0 and cis.BASE_WEIGHT == 0:
+            raise ValueError("MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_WEIGHT > 0 needs SimNet, i.e. CROSS_IMG_SIM.BASE_WEIGHT > 0")
+        use_pairs = cis.BASE_WEIGHT != 0
         if use_pairs and cfg.INPUT.DATASET_MAPPER_NAME != "PairDatasetMapper":
             raise ValueError(
-                "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS > 0 trains on image pairs: set INPUT.DATASET_MAPPER_NAME "
+                "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT > 0 trains on image pairs: set INPUT.DATASET_MAPPER_NAME "
                 f"'PairDatasetMapper' (got {cfg.INPUT.DATASET_MAPPER_NAME!r})"
             )
         use_contrast = sf.PIXEL_CONTRAST.WEIGHT != 0
@@ -95,7 +95,7 @@ class SimFormer(MaskFormer):
             comp_focal_weight=mf.MASK_WEIGHT,
             comp_dice_weight=mf.DICE_WEIGHT,
             simnet=simnet,
-            distill=use_pairs and cis.DISTILL_LOSS != 0,
+            distill=use_pairs and cis.DISTILL_WEIGHT != 0,
             distill_func=cis.DISTILL_FUNC,
             distill_to=cis.DISTILL_TO,
             cross_image_student=cis.STUDENT_PAIRS == "cross",
@@ -114,9 +114,9 @@ class SimFormer(MaskFormer):
             if mf.DEEP_SUPERVISION:
                 weights.update({f"loss_comp_{i}": sf.COMP_LOSS_WEIGHT for i in range(mf.DEC_LAYERS - 1)})
         if use_pairs:
-            weights["loss_cro_sim"] = cis.BASE_LOSS
-            if cis.DISTILL_LOSS != 0:
-                weights["loss_cro_dit"] = cis.DISTILL_LOSS
+            weights["loss_cro_sim"] = cis.BASE_WEIGHT
+            if cis.DISTILL_WEIGHT != 0:
+                weights["loss_cro_dit"] = cis.DISTILL_WEIGHT
         if use_contrast:
             weights["loss_pixel_contrast"] = sf.PIXEL_CONTRAST.WEIGHT
         ret["weight_dict"] = weights

@@ -42,3 +42,31 @@ def test_misspelled_key_is_rejected(tmp_path):
     bad.write_text("MODEL:\n  MASK_FORMER:\n    NUM_OBJECT_QUERYS: 10\n")
     with pytest.raises(KeyError, match="NUM_OBJECT_QUERYS"):
         load_cfg(str(bad))
+
+
+def test_renamed_keys_of_old_configs_are_read_under_their_new_names(tmp_path, caplog):
+    """Old names (BASE_LOSS / DISTILL_LOSS, CCS.TAU, INPUT.SIZE_DIVISIBILITY) still load, into the new keys,
+    with one warning per key, also over a shipped _BASE_ that sets the new name (Base-synthetic: 96)."""
+    import logging
+
+    from detectron2.config import get_cfg
+
+    from simformer import add_simformer_config
+    from simformer.utils import config_merge
+    from simformer.utils.config_merge import RENAMED_KEYS, merge_config
+
+    old = tmp_path / "old.yaml"
+    old.write_text("_BASE_: %s\nMODEL:\n  SIMFORMER:\n    CROSS_IMG_SIM:\n      BASE_LOSS: 1.0\n      DISTILL_LOSS: 0.5\n  CCS:\n    TAU: 0.05\nINPUT:\n  SIZE_DIVISIBILITY: 64\n"
+                   % os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "synthetic", "simformer", "seg.yaml"))
+    config_merge._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="simformer.utils.config_merge"):
+        for _ in range(2):
+            cfg = get_cfg()
+            add_simformer_config(cfg)
+            merge_config(cfg, str(old), ["MODEL.CCS.TAU", "0.2"])
+    cis = cfg.MODEL.SIMFORMER.CROSS_IMG_SIM
+    assert (cis.BASE_WEIGHT, cis.DISTILL_WEIGHT, cfg.MODEL.CCS.INIT_TEMPERATURE, cfg.INPUT.PAD_TO_SIZE) == (1.0, 0.5, 0.2, 64)
+    warnings = [r.getMessage() for r in caplog.records if "is now" in r.getMessage()]
+    assert len(warnings) == len(RENAMED_KEYS) and all(any(k in w for w in warnings) for k in RENAMED_KEYS)
+    # a user's old file on top of a shipped base that sets the new name: the user's value wins
+    assert cfg.INPUT.PAD_TO_SIZE == 64

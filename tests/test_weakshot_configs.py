@@ -19,7 +19,7 @@ DATASETS = {
     "coco_stuff_10k": dict(
         prefix="coco_stuff_split", splits=range(1, 10), num_classes=171, max_iter=60000, comp=0.15, crop=640, eval_period=10000,
         train_sizes=tuple(range(320, 961, 64)), max_size=2560,
-        # split -> (DISTILL_LOSS, DISTILL_FUNC) of seg_crosim: s1 keeps the official 0.0 (distillation off), s3 "ce"
+        # split -> (DISTILL_WEIGHT, DISTILL_FUNC) of seg_crosim: s1 keeps the official 0.0 (distillation off), s3 "ce"
         distill={1: (0.0, "ce"), 2: (0.1, "cce"), 3: (0.1, "ce"), **{k: (0.1, "cce") for k in range(4, 10)}},
     ),
     "ade20k_150": dict(
@@ -80,7 +80,7 @@ def test_split_config(ds, k, stage):
     assert cfg.TEST.EVAL_PERIOD == facts["eval_period"]
     crop = facts["crop"]
     assert cfg.INPUT.CROP.ENABLED and tuple(cfg.INPUT.CROP.SIZE) == (crop, crop) and cfg.INPUT.CROP.TYPE == "absolute"
-    assert cfg.INPUT.SIZE_DIVISIBILITY == crop and cfg.INPUT.MIN_SIZE_TEST == crop
+    assert cfg.INPUT.PAD_TO_SIZE == crop and cfg.INPUT.MIN_SIZE_TEST == crop
     assert cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING == "choice" and tuple(cfg.INPUT.MIN_SIZE_TRAIN) == facts["train_sizes"]
     assert (cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TEST) == (facts["max_size"], facts["max_size"])
     assert cfg.INPUT.WEAKSHOT.IMAGE_LEVEL_LABELS == "image"
@@ -94,15 +94,15 @@ def test_split_config(ds, k, stage):
     # losses: complementary per dataset (0 in retraining), pair losses only in seg_crosim
     assert cfg.MODEL.SIMFORMER.COMP_LOSS_WEIGHT == (0.0 if retrain else facts["comp"])
     if crosim:
-        assert cis.BASE_LOSS == 1.0
-        assert (cis.DISTILL_LOSS, cis.DISTILL_FUNC) == facts["distill"][k]
+        assert cis.BASE_WEIGHT == 1.0
+        assert (cis.DISTILL_WEIGHT, cis.DISTILL_FUNC) == facts["distill"][k]
         assert cis.DISTILL_TO == "NovelScore" and cis.STUDENT_PAIRS == "cross"
         assert (cis.BASE_POINT_NUM, cis.NOVEL_POINT_NUM) == (100, 100)
         assert cis.BASE_DETACH and cis.TEACH_DETACH
         assert (cis.LAYER_NUM, cis.HIDDEN_DIM, cis.BN) == (3, 256, True)
         assert cfg.INPUT.WEAKSHOT.PAIR_TYPE == "Deconf0.01"
     else:
-        assert cis.BASE_LOSS == 0.0 and cis.DISTILL_LOSS == 0.0
+        assert cis.BASE_WEIGHT == 0.0 and cis.DISTILL_WEIGHT == 0.0
 
 
 @pytest.mark.parametrize("ds", sorted(DATASETS))

@@ -57,7 +57,7 @@ def parse_pair_type(pair_type):
         return pair_type, None
     match = re.fullmatch(r"Deconf([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)", str(pair_type))
     if match is None or not 0.0 <= float(match.group(1)) <= 1.0:
-        raise ValueError(f"pair_table: unknown pair type {pair_type!r} (CROSS_IMG_SIM.PAIR_TYPE); {_PAIR_TYPE_HELP}")
+        raise ValueError(f"pair_table: unknown pair type {pair_type!r} (INPUT.WEAKSHOT.PAIR_TYPE); {_PAIR_TYPE_HELP}")
     return "Deconf", float(match.group(1))
 
 

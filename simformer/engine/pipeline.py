@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..utils.config_merge import merge_config
 from ..evaluation.pseudo_labels import SUMMARY_FILE
 
 __all__ = ["run_pipeline", "format_summary", "stage_metrics", "stage_identity", "prepare_stage_dir", "mark_stage_done", "STAGE_FILE"]
@@ -43,8 +44,7 @@ def _load_cfg(config_file, opts):
 
     cfg = get_cfg()
     add_simformer_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    merge_config(cfg, config_file, list(opts))
     return cfg
 
 

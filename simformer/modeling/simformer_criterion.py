@@ -85,7 +85,7 @@ class SimFormerCriterion(SetCriterion):
         if contrast_classes not in CONTRAST_CLASSES:
             raise ValueError(f"MODEL.SIMFORMER.PIXEL_CONTRAST.CLASSES must be one of {CONTRAST_CLASSES}, got {contrast_classes!r}")
         if distill and simnet is None:
-            raise ValueError("similarity distillation needs SimNet: set MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS > 0")
+            raise ValueError("similarity distillation needs SimNet: set MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT > 0")
         if distill_to not in DISTILL_TARGETS:
             raise ValueError(f"MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_TO must be one of {DISTILL_TARGETS}, got {distill_to!r}")
         if not 0.0 <= positive_fraction <= 1.0:

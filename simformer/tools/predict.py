@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..utils.config_merge import merge_config
 from ..data.image_io import IMAGE_EXTENSIONS, read_image_file, read_label_file
 from ..engine.predictor import Predictor, upsample_argmax  # noqa: F401  (the one predictor; re-exported)
 
@@ -182,8 +183,7 @@ def build_cfg(config_file: str, opts: Sequence[str]):
 
     cfg = get_cfg()
     add_simformer_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    merge_config(cfg, config_file, list(opts))
     cfg.freeze()
     return cfg
 

@@ -29,7 +29,7 @@ TINY = [
     "MODEL.MASK_FORMER.DEC_LAYERS", "2",
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.CROP.SIZE", "(48, 48)",
-    "INPUT.SIZE_DIVISIBILITY", "64",
+    "INPUT.PAD_TO_SIZE", "64",
 ]  # fmt: skip
 
 

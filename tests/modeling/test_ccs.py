@@ -197,15 +197,15 @@ def test_ccs_is_selected_by_config_and_off_by_default():
     add_simformer_config(cfg)
     assert cfg.MODEL.SEM_SEG_HEAD.CLASSIFIER_NAME == "LinearClassifier"
     ccs = cfg.MODEL.CCS
-    assert (ccs.TAU, ccs.COARSE_SCALE, ccs.POOL_STRIDE, ccs.INTRA_MARGIN, ccs.INTER_MARGIN) == (0.1, 10.0, 1, 1.0, 0.0)
+    assert (ccs.INIT_TEMPERATURE, ccs.COARSE_SCALE, ccs.POOL_STRIDE, ccs.INTRA_MARGIN, ccs.INTER_MARGIN) == (0.1, 10.0, 1, 1.0, 0.0)
     assert (ccs.COARSE_WEIGHT, ccs.INTRA_WEIGHT, ccs.INTER_WEIGHT) == (0.4, 0.5, 0.5)
     assert ccs.PRESENCE_GATING and ccs.INTER_CLASSES == "present"
-    cfg = _cfg(CCS_CONFIG, "MODEL.CCS.INTER_WEIGHT", "2.0", "MODEL.CCS.TAU", "0.05", "MODEL.CCS.INTER_CLASSES", "all")
+    cfg = _cfg(CCS_CONFIG, "MODEL.CCS.INTER_WEIGHT", "2.0", "MODEL.CCS.INIT_TEMPERATURE", "0.05", "MODEL.CCS.INTER_CLASSES", "all")
     classifier = build_model(cfg).sem_seg_head.classifier
     assert type(classifier).__name__ == "CCSClassifier"
     assert classifier.loss_weights == {"coarse": 0.4, "intra": 0.5, "inter": 2.0}
     assert classifier.scale.item() == pytest.approx(20.0) and classifier.inter_classes == "all"
-    for key, value in [("TAU", "0.001"), ("INTER_CLASSES", "'some'"), ("POOL_STRIDE", "0"), ("INTRA_WEIGHT", "-1.0")]:
+    for key, value in [("INIT_TEMPERATURE", "0.001"), ("INTER_CLASSES", "'some'"), ("POOL_STRIDE", "0"), ("INTRA_WEIGHT", "-1.0")]:
         bad = _cfg(CCS_CONFIG, f"MODEL.CCS.{key}", value)
         with pytest.raises(ValueError, match=f"MODEL\\.CCS\\.{key}"):
             build_classifier(bad, DIM, NUM_CLASSES)

@@ -44,8 +44,8 @@ def _pair_batches(cfg, name, num_batches, pairs_per_batch):
 
 CROSIM = [
     "MODEL.SIMFORMER.COMP_LOSS_WEIGHT", "0.15",
-    "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS", "1.0",
-    "MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_LOSS", "0.1",
+    "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT", "1.0",
+    "MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_WEIGHT", "0.1",
     "MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_FUNC", "cce",
     "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_POINT_NUM", "20",
     "MODEL.SIMFORMER.CROSS_IMG_SIM.NOVEL_POINT_NUM", "20",
@@ -79,7 +79,7 @@ def test_crosim_training_any_number_of_pairs(data, name, pairs_per_batch):
 
 def test_base_loss_detached_from_features(data, name):
     register_simulated_weakshot(name, os.path.join(data, "images"), os.path.join(data, "full"), CLASSES, NOVEL)
-    cfg = _cfg(name, "PairDatasetMapper", "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS", "1.0", "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_POINT_NUM", "10")
+    cfg = _cfg(name, "PairDatasetMapper", "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT", "1.0", "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_POINT_NUM", "10")
     cfg.INPUT.WEAKSHOT.PAIR_CACHE_DIR = os.path.join(data, "pair_cache_" + name)
     batch = _pair_batches(cfg, name, 1, 2)[0]
     model = build_model(cfg)
@@ -105,9 +105,9 @@ def test_comp_loss_without_pairs(data, name):
 def test_config_errors(data, name):
     register_simulated_weakshot(name, os.path.join(data, "images"), os.path.join(data, "full"), CLASSES, NOVEL)
     with pytest.raises(ValueError, match="PairDatasetMapper"):
-        build_model(_cfg(name, "WeakShotDatasetMapper", "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_LOSS", "1.0"))
-    with pytest.raises(ValueError, match="BASE_LOSS"):
-        build_model(_cfg(name, "PairDatasetMapper", "MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_LOSS", "0.1"))
+        build_model(_cfg(name, "WeakShotDatasetMapper", "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT", "1.0"))
+    with pytest.raises(ValueError, match="BASE_WEIGHT"):
+        build_model(_cfg(name, "PairDatasetMapper", "MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_WEIGHT", "0.1"))
     with pytest.raises(ValueError, match="STUDENT_PAIRS"):
         build_model(_cfg(name, "PairDatasetMapper", "MODEL.SIMFORMER.CROSS_IMG_SIM.STUDENT_PAIRS", "both"))
 

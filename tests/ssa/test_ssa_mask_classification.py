@@ -39,7 +39,7 @@ K, DIM, SIZE = 5, 32, 64
 TINY = block_images.maskformer_tiny(K, DIM) + [
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.CROP.SIZE", "(48, 48)",
-    "INPUT.SIZE_DIVISIBILITY", "64",
+    "INPUT.PAD_TO_SIZE", "64",
 ]  # fmt: skip
 SSA_KEYS = {f"loss_ssa_{t}" for t in DEFAULT_LOSS_WEIGHTS}
 

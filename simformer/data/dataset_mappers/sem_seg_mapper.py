@@ -72,7 +72,7 @@ class SemSegDatasetMapper:
             "image_format": cfg.INPUT.FORMAT,
             "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "ignore_label": ignore_label,
-            "size_divisibility": cfg.INPUT.SIZE_DIVISIBILITY,
+            "size_divisibility": cfg.INPUT.PAD_TO_SIZE,
         }
 
     def read(self, dataset_dict):

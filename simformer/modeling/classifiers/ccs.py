@@ -112,7 +112,7 @@ class CCSClassifier(PrototypeSlot, nn.Module):
         """
         Args:
             in_channels: C. num_classes: K.
-            tau: the logit scale starts at 1 / tau (MODEL.CCS.TAU, in [0.01, 1]).
+            tau: the logit scale starts at 1 / tau (MODEL.CCS.INIT_TEMPERATURE, in [0.01, 1]).
             coarse_scale: fixed scale s₀ of the coarse cosine logits (MODEL.CCS.COARSE_SCALE, > 0).
             presence_gating: scale each centre update by the detached presence score (MODEL.CCS.PRESENCE_GATING).
             pool_stride: average-pool the features by this factor for the coarse logits and the pooled
@@ -126,7 +126,7 @@ class CCSClassifier(PrototypeSlot, nn.Module):
         """
         super().__init__()
         if not 1.0 / SCALE_RANGE[1] <= tau <= 1.0 / SCALE_RANGE[0]:
-            raise ValueError(f"MODEL.CCS.TAU must be in [0.01, 1] (logit scale 1/TAU in [1, 100]), got {tau}")
+            raise ValueError(f"MODEL.CCS.INIT_TEMPERATURE must be in [0.01, 1] (logit scale 1/INIT_TEMPERATURE in [1, 100]), got {tau}")
         if coarse_scale <= 0:
             raise ValueError(f"MODEL.CCS.COARSE_SCALE must be > 0, got {coarse_scale}")
         if pool_stride < 1:
@@ -165,7 +165,7 @@ class CCSClassifier(PrototypeSlot, nn.Module):
         return {
             "in_channels": in_channels,
             "num_classes": num_classes,
-            "tau": ccs.TAU,
+            "tau": ccs.INIT_TEMPERATURE,
             "coarse_scale": ccs.COARSE_SCALE,
             "presence_gating": ccs.PRESENCE_GATING,
             "pool_stride": ccs.POOL_STRIDE,
