@@ -87,6 +87,7 @@ class Trainer(DefaultTrainer):
         ``tensorboard`` package is installed (detectron2 0.6 fails at start without it)."""
         from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 
+        os.makedirs(self.cfg.OUTPUT_DIR, exist_ok=True)  # as detectron2's default_writers
         writers = [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))]
         try:
             writers.append(TensorboardXWriter(self.cfg.OUTPUT_DIR))

@@ -12,6 +12,8 @@ from detectron2.layers import get_norm
 from torch import nn
 from torch.nn import functional as F
 
+from ssa_adapter.losses import downsample_labels
+
 from .losses.pixel_contrast import group_ranks, pixel_contrast_loss, ring_buffer_slots, sample_anchors
 
 __all__ = ["ProjectionHead", "PixelContrastMemory", "PixelContrast", "PROJECTIONS", "BASE_TEMPERATURE"]
@@ -211,9 +213,7 @@ class PixelContrast(nn.Module):
 
     @staticmethod
     def _resize(x: torch.Tensor, size) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == tuple(size):
-            return x
-        return F.interpolate(x[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        return downsample_labels(x, size)
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor, pred: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.pool > 1:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ssa_adapter.losses import downsample_labels
+
 from ..inference import semantic_inference
 from .criterion import SetCriterion, host_matched_pairs
 from .losses.weakshot import (
@@ -171,10 +173,8 @@ class SimFormerCriterion(SetCriterion):
     # ------------------------------------------------------------------ cross-image terms
     def _low_res_labels(self, targets, size):
         """(B, h*w) labels, base-region and padding maps at the mask-feature resolution (nearest)."""
-        raw = torch.stack([t["sem_seg_raw"] for t in targets])[:, None].float()
-        pad = torch.stack([t["pad"] for t in targets])[:, None].float()
-        labels = F.interpolate(raw, size=size, mode="nearest")[:, 0].long().flatten(1)
-        pad = F.interpolate(pad, size=size, mode="nearest")[:, 0].bool().flatten(1)
+        labels = downsample_labels(torch.stack([t["sem_seg_raw"] for t in targets]).long(), size).flatten(1)
+        pad = downsample_labels(torch.stack([t["pad"] for t in targets]).long(), size).bool().flatten(1)
         labels = labels.clamp(max=self.is_novel_lut.numel() - 1)
         is_base = (labels != self.ignore_label) & ~self.is_novel_lut[labels]
         return labels, is_base, pad

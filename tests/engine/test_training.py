@@ -155,7 +155,7 @@ def test_writers_without_tensorboard(tmp_path, monkeypatch):
 
     from simformer.engine import Trainer
 
-    owner = SimpleNamespace(max_iter=3, cfg=SimpleNamespace(OUTPUT_DIR=str(tmp_path)))
+    owner = SimpleNamespace(max_iter=3, cfg=SimpleNamespace(OUTPUT_DIR=str(tmp_path / "new")))  # created
     kinds = [type(w).__name__ for w in Trainer.build_writers(owner)]
     assert kinds == ["CommonMetricPrinter", "JSONWriter", "TensorboardXWriter"]
 

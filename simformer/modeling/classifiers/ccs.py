@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.config import configurable
 
+from ssa_adapter.losses import downsample_labels
+
 from ..losses.class_center import inter_class_loss, intra_class_loss, present_classes
 from .build import CLASSIFIER_REGISTRY, PrototypeSlot
 
@@ -241,7 +243,7 @@ class CCSClassifier(PrototypeSlot, nn.Module):
                 labelled = (targets != self.ignore_value).sum().clamp(min=1)
                 terms["coarse"] = F.cross_entropy(up, targets, ignore_index=self.ignore_value, reduction="sum") / labelled
             if weights["intra"]:
-                small = F.interpolate(targets[:, None].float(), size=similarity.shape[-2:], mode="nearest")[:, 0].long()
+                small = downsample_labels(targets, similarity.shape[-2:])
                 terms["intra"] = intra_class_loss(similarity.float(), small, self.intra_margin, self.ignore_value)
             if weights["inter"]:
                 if self.inter_classes == "present":

@@ -12,22 +12,9 @@ function returns a scalar that is 0 (not NaN) when there is nothing to average.
 import torch
 import torch.nn.functional as F
 
+from ssa_adapter.losses import present_classes  # one home: the pure-tensor losses of ssa_adapter
+
 __all__ = ["present_classes", "intra_class_loss", "inter_class_loss"]
-
-
-def present_classes(labels: torch.Tensor, num_classes: int, ignore_value: int = 255) -> torch.Tensor:
-    """Which classes have at least one labelled pixel in each image.
-
-    Args:
-        labels: (B, H, W) int64; values in [0, num_classes) or ``ignore_value``.
-        num_classes: K.
-        ignore_value: label of unlabelled pixels.
-    Returns:
-        (B, K) bool.
-    """
-    index = labels.masked_fill(labels == ignore_value, num_classes).flatten(1)
-    present = torch.zeros(labels.shape[0], num_classes + 1, dtype=torch.bool, device=labels.device)
-    return present.scatter_(1, index, True)[:, :num_classes]
 
 
 def intra_class_loss(similarity: torch.Tensor, labels: torch.Tensor, margin: float = 1.0, ignore_value: int = 255) -> torch.Tensor:
