@@ -17,7 +17,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_simformer_config
 from ..utils.config_merge import merge_config
-from ..utils.d2compat import launch
+from ..utils.d2compat import external_launcher_env, launch, run_under_external_launcher
 from .checkpoint import AtomicCheckpointer
 from .trainer import Trainer
 from .visualize import write_overlays
@@ -73,9 +73,18 @@ def _write_plots(output_dir):
 
 
 def run(argv=None):
-    """Parse detectron2's usual flags and launch :func:`main` in one or several processes."""
+    """Parse detectron2's usual flags and launch :func:`main` in one or several processes.
+
+    Started by ``torchrun`` or SLURM's ``srun`` (their environment variables, see
+    :func:`~simformer.utils.d2compat.external_launcher_env`), this process is one rank of their job and
+    nothing is spawned; ``--num-gpus`` / ``--num-machines`` / ``--machine-rank`` / ``--dist-url`` are then
+    ignored. Otherwise detectron2's launcher spawns ``--num-gpus`` processes per machine."""
     args = default_argument_parser().parse_args(argv)
     print("Command Line Args:", args)
+    info = external_launcher_env()
+    if info is not None:
+        print(f"Started by {info['launcher']}: rank {info['rank']} of {info['world_size']} ({info['local_world_size']} per machine); not spawning")
+        return run_under_external_launcher(main, info, args=(args,))
     launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url, args=(args,))
 
 

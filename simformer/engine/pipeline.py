@@ -31,7 +31,7 @@ import torch
 from ..utils.config_merge import merge_config
 from ..evaluation.pseudo_labels import SUMMARY_FILE
 
-__all__ = ["run_pipeline", "format_summary", "stage_metrics", "stage_identity", "prepare_stage_dir", "mark_stage_done", "STAGE_FILE"]
+__all__ = ["run_pipeline", "format_summary", "stage_metrics", "stage_identity", "prepare_stage_dir", "mark_stage_done", "follow_stage_dir", "distributed_flags", "STAGE_FILE"]
 
 METRIC_KEYS = ("mIoU", "mIoU_base", "mIoU_novel", "hIoU")
 STAGE_FILE = "stage.json"
@@ -102,6 +102,35 @@ def prepare_stage_dir(out: str, identity: Dict, log=print) -> bool:
     return False
 
 
+def follow_stage_dir(out: str, identity: Dict, log=print, timeout: float = 3600.0, poll: float = 2.0) -> bool:
+    """On machines other than 0 of a multi-machine pipeline: wait until machine 0 has prepared ``out`` for
+    this ``identity`` (its ``stage.json``), then skip (True) if it is finished, else run along (False)."""
+    path = os.path.join(out, STAGE_FILE)
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            if record.get("id") == identity["id"]:
+                return bool(record.get("done"))
+        except (OSError, ValueError):
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"{path}: machine 0 did not prepare this stage within {timeout:.0f} s (same pipeline command and shared file system on every machine?)")
+        time.sleep(poll)
+
+
+def distributed_flags(num_machines: int = 1, machine_rank: int = 0, dist_url: Optional[str] = None) -> List[str]:
+    """detectron2's multi-machine flags for a stage command (none for one machine)."""
+    if num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise ValueError(f"need num_machines >= 1 and 0 <= machine_rank < num_machines, got {num_machines}, {machine_rank}")
+    if num_machines == 1:
+        return []
+    if not dist_url or dist_url == "auto":
+        raise ValueError("several machines need --dist-url tcp://<machine 0>:<port>")
+    return ["--num-machines", str(num_machines), "--machine-rank", str(machine_rank), "--dist-url", dist_url]
+
+
 def mark_stage_done(out: str, identity: Dict, **extra):
     _write_stage(os.path.join(out, STAGE_FILE), dict(identity, done=True, **extra))
 
@@ -145,12 +174,16 @@ def _run(cmd, log, log_file=None):
 RETRAIN_INITS = ("scratch", "stage1")
 
 
-def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus: int = 1, opts=(), train_script=None, python=sys.executable, log=print, retrain_init="scratch", log_file=None):
+def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus: int = 1, opts=(), train_script=None, python=sys.executable, log=print, retrain_init="scratch", log_file=None,
+                 num_machines: int = 1, machine_rank: int = 0, dist_url: Optional[str] = None):
     """Run (or finish) the pipeline; returns the summary rows. ``opts`` are KEY VALUE overrides applied to
     every stage (e.g. ``SOLVER.MAX_ITER 100``). ``train_script``: a script with train_net.py's command line
     (default: ``python -m simformer.tools.train``), e.g. one that registers the user's own weak-shot dataset first.
     ``retrain_init``: ``"scratch"`` (the paper: a fresh model) or ``"stage1"`` (start from stage 1's weights).
-    ``log_file``: append the stages' output there instead of the console."""
+    ``log_file``: append the stages' output there instead of the console. ``num_machines`` / ``machine_rank``
+    / ``dist_url``: detectron2's multi-machine flags, passed to every stage; every machine runs the same
+    pipeline command on a shared file system, machine 0 decides which stages run (``stage.json``) and the
+    others follow it (:func:`follow_stage_dir`)."""
     if retrain_init not in RETRAIN_INITS:
         raise ValueError(f"retrain_init must be one of {RETRAIN_INITS}, got {retrain_init!r}")
     run_dir = os.path.abspath(run_dir)
@@ -166,6 +199,15 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
     if tuple(cfg2.DATASETS.TRAIN) != (train_name,):
         raise ValueError(f"{retrain_config}: retrains on {tuple(cfg2.DATASETS.TRAIN)} but stage 1 trained on {train_name!r}")
     base = [python] + ([train_script] if train_script else ["-m", "simformer.tools.train"]) + ["--num-gpus", str(num_gpus)]
+    base += distributed_flags(num_machines, machine_rank, dist_url)
+    if machine_rank > 0:  # machine 0 prepares and marks the stage folders; the others follow its decisions
+        def prepare(out, identity, log_fn):  # noqa: E306
+            return follow_stage_dir(out, identity, log_fn)
+
+        def mark(out, identity, **extra):  # noqa: E306
+            return None
+    else:
+        prepare, mark = prepare_stage_dir, mark_stage_done
     dirs = {k: os.path.join(run_dir, k) for k in ("stage1", "pseudo_labels", "retrain")}
     rows, t0 = [], time.perf_counter()
 
@@ -173,13 +215,13 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
         seconds = None
         final = os.path.join(out, "model_final.pth")
         identity = stage_identity(config, opts + extra, upstream)
-        if not prepare_stage_dir(out, identity, log):
+        if not prepare(out, identity, log):
             log(f"==> [{name}] training {config} -> {out}")
             seconds = _run(base + ["--config-file", config, "--resume"] + opts + extra + ["OUTPUT_DIR", out], log, log_file)
             if stage_metrics(out, test_name) is None:
                 log(f"==> [{name}] evaluating {final}")
                 seconds += _run(base + ["--config-file", config, "--eval-only"] + opts + extra + ["MODEL.WEIGHTS", final, "OUTPUT_DIR", out], log, log_file)
-            mark_stage_done(out, identity)
+            mark(out, identity)
         else:
             log(f"==> [{name}] finished before with the same inputs ({out}/{STAGE_FILE}): skipped")
         metrics = stage_metrics(out, test_name)
@@ -193,7 +235,7 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
     seconds = None
     pl_opts = opts + ["DATASETS.TEST", f"('{train_name}',)", "TEST.NUM_VIS_OVERLAYS", "0"]
     pl_identity = stage_identity(stage1_config, pl_opts, upstream=id1, volatile=VOLATILE_KEYS + ("MODEL.WEIGHTS", "TEST.PSEUDO_LABEL_DIR"))
-    if not prepare_stage_dir(dirs["pseudo_labels"], pl_identity, log):
+    if not prepare(dirs["pseudo_labels"], pl_identity, log):
         log(f"==> [pseudo-labels] predicting {train_name} with {final1} -> {dirs['pseudo_labels']}")
         seconds = _run(
             base + ["--config-file", stage1_config, "--eval-only"] + pl_opts + [
@@ -202,7 +244,7 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
             ],
             log, log_file,
         )  # fmt: skip
-        mark_stage_done(dirs["pseudo_labels"], pl_identity)
+        mark(dirs["pseudo_labels"], pl_identity)
     else:
         log(f"==> [pseudo-labels] made before with the same inputs ({dirs['pseudo_labels']}/{STAGE_FILE}): skipped")
     with open(summary_file) as f:

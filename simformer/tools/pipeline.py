@@ -28,6 +28,9 @@ def main(argv=None):
     parser.add_argument("--train-script", default="", help="script with train_net.py's flags that registers your own datasets first (default: python -m simformer.tools.train)")
     parser.add_argument("--retrain-init", choices=RETRAIN_INITS, default="scratch",
                         help="retraining starts from a fresh model (scratch, the paper) or from stage 1's weights")  # fmt: skip
+    parser.add_argument("--num-machines", type=int, default=1, help="machines (detectron2's flag, passed to every stage)")
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank; run the same command on every machine")
+    parser.add_argument("--dist-url", default=None, help="tcp://<machine 0>:<port> for several machines")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every stage")
     args = parser.parse_args(argv)
     retrain = args.retrain_config or os.path.join(os.path.dirname(args.stage1_config), "retraining.yaml")
@@ -37,7 +40,8 @@ def main(argv=None):
     if len(args.opts) % 2:
         parser.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
     run_pipeline(args.stage1_config, retrain, args.output_dir, num_gpus=args.num_gpus, opts=args.opts,
-                 train_script=args.train_script or None, retrain_init=args.retrain_init)  # fmt: skip
+                 train_script=args.train_script or None, retrain_init=args.retrain_init,
+                 num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url)  # fmt: skip
 
 
 if __name__ == "__main__":

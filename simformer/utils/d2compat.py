@@ -26,12 +26,14 @@ through the helpers at the end of this module: :func:`d2_saves_optimizer`, :func
 (``SimpleTrainer._data_loader_iter``).
 """
 import logging
+import os
 from datetime import timedelta
 
 import numpy as np
+
 import torch
 
-__all__ = ["apply", "launch", "detectron2_has_c_ops", "d2_saves_optimizer", "inner_trainer", "set_inner_trainer", "next_batch", "restart_batches"]
+__all__ = ["apply", "launch", "external_launcher_env", "run_under_external_launcher", "detectron2_has_c_ops", "d2_saves_optimizer", "inner_trainer", "set_inner_trainer", "next_batch", "restart_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +187,55 @@ def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist
         daemon=False,
         start_method="spawn",
     )
+
+
+def external_launcher_env(environ=None):
+    """The process layout when an external launcher started this process, else None.
+
+    ``torchrun`` / ``torch.distributed.run`` set ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``,
+    ``LOCAL_WORLD_SIZE``, ``MASTER_ADDR`` / ``MASTER_PORT``; SLURM's ``srun`` (one task per GPU) sets
+    ``SLURM_PROCID``, ``SLURM_LOCALID``, ``SLURM_NTASKS``, ``SLURM_NTASKS_PER_NODE`` and the job script
+    exports ``MASTER_ADDR`` / ``MASTER_PORT`` (e.g. the first host of ``scontrol show hostnames``).
+    Returns {"rank", "local_rank", "world_size", "local_world_size", "init_method", "launcher"}; a single
+    process (world size 1) counts as no external launcher."""
+    env = os.environ if environ is None else environ
+    if all(k in env for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")):
+        info = {"rank": int(env["RANK"]), "local_rank": int(env["LOCAL_RANK"]), "world_size": int(env["WORLD_SIZE"]),
+                "local_world_size": int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])), "init_method": "env://", "launcher": "torchrun"}  # fmt: skip
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        if not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
+            raise RuntimeError("started by SLURM with several tasks: export MASTER_ADDR (the first node's host name) and MASTER_PORT in the job script")
+        ntasks = int(env["SLURM_NTASKS"])
+        per_node = int(str(env.get("SLURM_NTASKS_PER_NODE", ntasks)).split("(")[0])
+        info = {"rank": int(env["SLURM_PROCID"]), "local_rank": int(env.get("SLURM_LOCALID", 0)), "world_size": ntasks,
+                "local_world_size": per_node, "init_method": f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}", "launcher": "SLURM"}  # fmt: skip
+    else:
+        return None
+    if info["world_size"] <= 1:
+        return None
+    if info["world_size"] % info["local_world_size"]:
+        raise RuntimeError(f"{info['launcher']}: world size {info['world_size']} is not a multiple of the processes per machine ({info['local_world_size']})")
+    return info
+
+
+def run_under_external_launcher(main_func, info, args=(), timeout=timedelta(minutes=30)):
+    """Run ``main_func(*args)`` in this process as rank ``info["rank"]`` of a job started by torchrun or
+    SLURM (:func:`external_launcher_env`): no processes are spawned. NCCL on CUDA, gloo on CPU."""
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(info["local_rank"])
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method=info["init_method"], world_size=info["world_size"], rank=info["rank"], timeout=timeout)
+    per_machine = info["local_world_size"]
+    _set_local_process_group(per_machine, info["rank"] // per_machine, info["world_size"] // per_machine)
+    comm.synchronize()
+    try:
+        return main_func(*args)
+    finally:
+        comm.synchronize()
+        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------ trainer internals

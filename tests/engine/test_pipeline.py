@@ -106,3 +106,30 @@ def test_pipeline_runs_every_stage_then_skips_them(tmp_path):
     retrain = json.load(open(os.path.join(run_dir, "retrain", "stage.json")))
     pseudo = json.load(open(os.path.join(run_dir, "pseudo_labels", "stage.json")))
     assert retrain["upstream"] == pseudo["id"] and pseudo["upstream"] == stage1["id"]
+
+
+def test_multi_machine_flags_and_followers(tmp_path):
+    """Every stage command carries detectron2's multi-machine flags; machines other than 0 follow machine
+    0's stage.json: run along while it is unfinished, skip when it is done, wait while it is missing."""
+    import json
+    import threading
+
+    import pytest
+
+    from simformer.engine.pipeline import distributed_flags, follow_stage_dir, mark_stage_done, prepare_stage_dir
+
+    assert distributed_flags() == []
+    assert distributed_flags(2, 1, "tcp://m0:1234") == ["--num-machines", "2", "--machine-rank", "1", "--dist-url", "tcp://m0:1234"]
+    with pytest.raises(ValueError, match="dist-url"):
+        distributed_flags(2, 1, None)
+    with pytest.raises(ValueError):
+        distributed_flags(2, 2, "tcp://m0:1")
+    out, identity = str(tmp_path / "stage"), {"id": "abc", "config": {}}
+    late = threading.Timer(0.3, lambda: prepare_stage_dir(out, identity, log=lambda m: None))
+    late.start()
+    assert follow_stage_dir(out, identity, poll=0.05, timeout=10) is False  # waited for machine 0, then runs
+    mark_stage_done(out, identity)
+    assert follow_stage_dir(out, identity, poll=0.05) is True
+    assert json.load(open(os.path.join(out, "stage.json")))["done"]
+    with pytest.raises(TimeoutError, match="machine 0"):
+        follow_stage_dir(out, {"id": "other"}, poll=0.05, timeout=0.2)

@@ -289,3 +289,40 @@ def test_nonfinite_loss_skipped_when_configured(tmp_path, name, caplog):
     assert "non-finite loss at iteration 2: loss_ce_0=nan" in messages and "Skipped 1 step(s) with non-finite losses" in messages
     ckpt = torch.load(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), weights_only=True)
     assert ckpt["trainer"]["nonfinite_skipped_iters"] == [2]
+
+
+def test_torchrun_two_processes_match_one_process(launcher, tmp_path):
+    """Started by torchrun (RANK / LOCAL_RANK / WORLD_SIZE / MASTER_*), the launcher joins torchrun's job
+    instead of spawning, and 2 CPU processes give the 1-process losses."""
+    opts = ["SOLVER.MAX_ITER", "3", "MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "FrozenBN", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "100"]
+    one = _run(launcher, str(tmp_path / "one"), str(tmp_path / "one.jsonl"), opts=opts)
+    assert one.returncode == 0, one.stderr[-3000:]
+    config, tiny = SETUPS["maskformer"]
+    import socket
+
+    with socket.socket() as sock:  # a free port for torchrun's rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port), launcher,
+           "--config-file", config, *tiny, *COMMON, "OUTPUT_DIR", str(tmp_path / "two"), *opts]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1", LOSS_LOG=str(tmp_path / "two.jsonl"))
+    two = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert two.returncode == 0, (two.stdout[-2000:], two.stderr[-3000:])
+    assert "Started by torchrun: rank 0 of 2" in two.stdout
+    a, b = _losses(str(tmp_path / "two.jsonl")), _losses(str(tmp_path / "one.jsonl"))
+    assert [r["iteration"] for r in a] == [r["iteration"] for r in b] == [0, 1, 2]
+    assert max(_max_rel_diff(x, y) for x, y in zip(a, b)) <= 1e-5
+
+
+def test_external_launcher_environment():
+    from simformer.utils.d2compat import external_launcher_env
+
+    assert external_launcher_env({}) is None
+    assert external_launcher_env({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}) is None  # one process
+    info = external_launcher_env({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"})
+    assert (info["rank"], info["local_rank"], info["world_size"], info["local_world_size"], info["init_method"]) == (3, 1, 4, 2, "env://")
+    slurm = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_NTASKS_PER_NODE": "4(x2)", "MASTER_ADDR": "node1", "MASTER_PORT": "29500"}
+    info = external_launcher_env(slurm)
+    assert (info["rank"], info["local_rank"], info["world_size"], info["local_world_size"], info["init_method"]) == (5, 1, 8, 4, "tcp://node1:29500")
+    with pytest.raises(RuntimeError, match="MASTER_ADDR"):
+        external_launcher_env({k: v for k, v in slurm.items() if not k.startswith("MASTER")})
