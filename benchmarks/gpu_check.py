@@ -251,15 +251,15 @@ def section_consistency(args, budget, out):
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    losses = {}
+    losses, init_state = {}, None
     for dev in ("cpu", args.device):
         cfg = M.build_cfg(M.R18_SYNTHETIC_CONFIG, ["MODEL.DEVICE", dev])
         torch.manual_seed(0)
         model = build_model(cfg).train()
-        if dev != "cpu":
-            model.load_state_dict(init_state)  # noqa: F821  (the CPU model's initial weights)
-        else:
+        if init_state is None:  # the CPU model's initial weights, given to the device model
             init_state = {k: v.clone() for k, v in model.state_dict().items()}
+        else:
+            model.load_state_dict(init_state)
         optimizer = build_optimizer(cfg, model)
         data = M.maskformer_batch(8, 96, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, classes_per_image=5, seed=1)
         seq = []

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from prepare_coco_stuff_10k import (
+from simformer.data.prepare import (
     IGNORE,
     ConversionError,
     base_parser,
