@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import simformer  # noqa: E402,F401
-from simformer.engine.pipeline import _run, mark_stage_done, prepare_stage_dir, run_pipeline, stage_identity  # noqa: E402
+from simformer.engine.pipeline import _run, distributed_flags, follow_stage_dir, mark_stage_done, prepare_stage_dir, run_pipeline, stage_identity  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "synthetic", "simformer")
@@ -95,14 +95,22 @@ def _full_metrics(run_dir, test_set):
     return {k: float(v) for k, v in torch.load(path, weights_only=False).items()} if os.path.isfile(path) else None
 
 
+# processes of every run: {"num_gpus", "num_machines", "machine_rank", "dist_url"} (detectron2's flags)
+LAUNCH = {"num_gpus": 1, "num_machines": 1, "machine_rank": 0, "dist_url": None}
+
+
 def _train(run_dir, config, seed, opts, log_file):
     """One training run with the pipeline's stage rule (skip if done with the same inputs)."""
     run_opts = list(opts) + ["SEED", str(seed), "TEST.NUM_VIS_OVERLAYS", "0"]
     identity = stage_identity(config, run_opts)
-    if not prepare_stage_dir(run_dir, identity, log=lambda m: _log(m, log_file)):
-        cmd = [sys.executable, "-m", "simformer.tools.train", "--resume", "--config-file", config, *run_opts, "OUTPUT_DIR", run_dir]
+    leader = LAUNCH["machine_rank"] == 0  # other machines follow machine 0's stage decisions
+    prepare = prepare_stage_dir if leader else follow_stage_dir
+    if not prepare(run_dir, identity, lambda m: _log(m, log_file)):
+        flags = ["--num-gpus", str(LAUNCH["num_gpus"])] + distributed_flags(LAUNCH["num_machines"], LAUNCH["machine_rank"], LAUNCH["dist_url"])
+        cmd = [sys.executable, "-m", "simformer.tools.train", "--resume", *flags, "--config-file", config, *run_opts, "OUTPUT_DIR", run_dir]
         seconds = _run(cmd, lambda m: _log(m, log_file), log_file)
-        mark_stage_done(run_dir, identity, seconds=seconds)
+        if leader:
+            mark_stage_done(run_dir, identity, seconds=seconds)
 
 
 def _log(msg, log_file):
@@ -151,7 +159,7 @@ class Ablation:
             if not os.path.lexists(link):
                 os.symlink(os.path.relpath(self.stage1_dir(s1, seed), pdir), link)
             run_pipeline(s1_config, config, pdir, opts=opts + ["TEST.NUM_VIS_OVERLAYS", "0"], log=lambda m: _log(m, log_file),
-                         retrain_init=init, log_file=log_file)  # fmt: skip
+                         retrain_init=init, log_file=log_file, **LAUNCH)  # fmt: skip
         elif row in STAGE1_ROWS:
             _train(self.stage1_dir(row, seed), config, seed, self.opts, log_file)
         else:
@@ -341,6 +349,10 @@ def main(argv=None):
     parser.add_argument("--dataset", default="synthetic_ws", choices=sorted(DATASETS), help="weak-shot split every row trains and is tested on")
     parser.add_argument("--results", default=None, help="the committed JSON record (default: the dataset's, in benchmarks/results/)")
     parser.add_argument("--collect-only", action="store_true", help="only rewrite the table, plot and record from the finished runs")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per run and machine (detectron2's flag)")
+    parser.add_argument("--num-machines", type=int, default=1, help="machines per run; start the same command on each")
+    parser.add_argument("--machine-rank", type=int, default=0)
+    parser.add_argument("--dist-url", default=None, help="tcp://<machine 0>:<port> for several machines")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parser.parse_args(argv)
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -349,6 +361,8 @@ def main(argv=None):
         parser.error(f"unknown rows {unknown}; expected some of {list(ROWS)}")
     if len(args.opts) % 2:
         parser.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+    LAUNCH.update(num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url)
+    distributed_flags(args.num_machines, args.machine_rank, args.dist_url)  # validate now
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
