@@ -24,15 +24,12 @@ from simformer.data.datasets.weakshot import register_real_weakshot, register_si
 from simformer.data.image_io import ImageReadError
 from simformer.engine.checkpoint import AtomicCheckpointer, ShapeMismatchError
 from simformer.evaluation import SemSegEvaluator
+from tests.helpers import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_CONFIG = os.path.join(REPO, "configs", "synthetic", "maskformer_R18_fully_supervised.yaml")
 CLASSES = ["a", "b", "c"]
-TINY_MODEL = [
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32", "MODEL.SEM_SEG_HEAD.MASK_DIM", "32", "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "5", "MODEL.MASK_FORMER.DEC_LAYERS", "2",
-    "INPUT.MIN_SIZE_TEST", "16", "TEST.NUM_VIS_OVERLAYS", "0", "DATALOADER.NUM_WORKERS", "0",
-]
+TINY_MODEL = tiny_model(queries=5) + ["INPUT.MIN_SIZE_TEST", "16", "TEST.NUM_VIS_OVERLAYS", "0", "DATALOADER.NUM_WORKERS", "0"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers

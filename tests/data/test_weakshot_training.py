@@ -14,19 +14,13 @@ from simformer import add_simformer_config
 from simformer.data.dataset_mappers import build_mapper
 from simformer.data.datasets.weakshot import register_real_weakshot, register_simulated_weakshot
 from simformer.engine import build_optimizer
+from tests.helpers import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_CONFIG = os.path.join(REPO, "configs", "synthetic", "maskformer_R18_fully_supervised.yaml")
 CLASSES = ["left", "right", "giraffe", "zebra", "car"]
 NOVEL = ["giraffe", "zebra"]
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+TINY = tiny_model(5, queries=6) + [
     "INPUT.MIN_SIZE_TRAIN", "(64,)",
     "INPUT.CROP.SIZE", "(48, 48)",
     "INPUT.PAD_TO_SIZE", "64",

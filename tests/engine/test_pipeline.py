@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from tests.data.test_weakshot_training import CLASSES, NOVEL, _write_dataset
+from tests.helpers import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs", "synthetic", "simformer")
@@ -26,14 +27,7 @@ if __name__ == "__main__":
     train_net.run()
 """
 
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "5",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+TINY = tiny_model(5, queries=6) + [
     "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_POINT_NUM", "10",
     "MODEL.SIMFORMER.CROSS_IMG_SIM.NOVEL_POINT_NUM", "10",
     "MODEL.SIMFORMER.CROSS_IMG_SIM.HIDDEN_DIM", "16",

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from tests.helpers import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASE_CONFIG = os.path.join(REPO, "configs", "synthetic", "maskformer_R18_fully_supervised.yaml")
@@ -26,14 +27,7 @@ if __name__ == "__main__":
     train_net.run()
 """
 
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "3",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "5",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+TINY = tiny_model(3, queries=5) + [
     "DATASETS.TRAIN", "('tiny_train',)",
     "DATASETS.TEST", "('tiny_val',)",
     "INPUT.MIN_SIZE_TRAIN", "(64,)",

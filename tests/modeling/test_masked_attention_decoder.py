@@ -13,20 +13,12 @@ from simformer.data.dataset_mappers import label_map_to_targets
 from simformer.engine import build_optimizer
 from simformer.modeling.transformer_decoder import MaskedAttentionTransformerDecoder, StandardTransformerDecoder
 from simformer.modeling.transformer_decoder.masked_attention import MaskedAttentionDecoderLayer, build_attention_mask
+from tests.helpers import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "synthetic", "mask2former_R18_fully_supervised.yaml")
 STANDARD_CONFIG = os.path.join(REPO, "configs", "synthetic", "maskformer_R18_fully_supervised.yaml")
-TINY = [
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "4",
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "16",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.NHEADS", "4",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "3",
-]  # fmt: skip
+TINY = tiny_model(4, queries=6, mask_dim=16, dec_layers=3) + ["MODEL.MASK_FORMER.NHEADS", "4"]
 
 
 def _decoder(dec_layers=3, deep_supervision=True, supervise_initial=True, pre_norm=False, in_channels=8, mask_classification=True):

@@ -12,17 +12,12 @@ from PIL import Image
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from simformer.tools.predict import Predictor, build_cfg, expand_inputs, load_image, main, upsample_argmax
+from tests.helpers import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "synthetic", "maskformer_R18_fully_supervised.yaml")
 # the synthetic_val metadata (12 classes, registered on import) names the classes
-TINY = [
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", "32",
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", "32",
-    "MODEL.MASK_FORMER.HIDDEN_DIM", "32",
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "64",
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-    "MODEL.MASK_FORMER.DEC_LAYERS", "2",
+TINY = tiny_model(queries=6) + [
     "INPUT.MIN_SIZE_TEST", "64",
     "INPUT.MAX_SIZE_TEST", "256",
 ]  # fmt: skip
