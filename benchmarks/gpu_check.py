@@ -161,8 +161,8 @@ def peak_memory(device):
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else M.peak_rss()
 
 
-def _free(*objs):
-    del objs
+def _free():
+    """Collect what the caller has just deleted and return the CUDA cache (peak memory of the next row)."""
     import gc
 
     gc.collect()
@@ -206,7 +206,8 @@ def section_throughput(args, budget, out, peer=False):
                 _, net, step = build_ours(model, precision, option, args)
             sec = time_steps(step, device, args.warmup, args.iters)
             row.update(step_s=sec, images_per_s=args.images / sec, peak_mib=peak_memory(device) / M.MIB, host_syncs=count_host_syncs(step, device))
-            _free(net, step)
+            del net, step
+            _free()
         except Exception as e:  # noqa: BLE001  (a row that fails is reported; the others run)
             row["error"] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
@@ -272,7 +273,8 @@ def section_consistency(args, budget, out):
             optimizer.step()
             seq.append(float(loss.detach()))
         losses[dev] = seq
-        _free(model, optimizer)
+        del model, optimizer
+        _free()
     rel = [abs(a - b) / max(abs(a), 1e-12) for a, b in zip(losses["cpu"], losses[args.device])]
     rows = [{"step": i, "cpu": a, "gpu": b, "rel_diff": r} for i, (a, b, r) in enumerate(zip(losses["cpu"], losses[args.device], rel))]
     # Predictor throughput (simformer-predict's engine), R50 MaskFormer with random weights saved to a file

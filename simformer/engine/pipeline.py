@@ -200,14 +200,9 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
         raise ValueError(f"{retrain_config}: retrains on {tuple(cfg2.DATASETS.TRAIN)} but stage 1 trained on {train_name!r}")
     base = [python] + ([train_script] if train_script else ["-m", "simformer.tools.train"]) + ["--num-gpus", str(num_gpus)]
     base += distributed_flags(num_machines, machine_rank, dist_url)
-    if machine_rank > 0:  # machine 0 prepares and marks the stage folders; the others follow its decisions
-        def prepare(out, identity, log_fn):  # noqa: E306
-            return follow_stage_dir(out, identity, log_fn)
-
-        def mark(out, identity, **extra):  # noqa: E306
-            return None
-    else:
-        prepare, mark = prepare_stage_dir, mark_stage_done
+    # machine 0 prepares and marks the stage folders; the others follow its decisions
+    prepare = prepare_stage_dir if machine_rank == 0 else follow_stage_dir
+    mark = mark_stage_done if machine_rank == 0 else (lambda out, identity, **extra: None)
     dirs = {k: os.path.join(run_dir, k) for k in ("stage1", "pseudo_labels", "retrain")}
     rows, t0 = [], time.perf_counter()
 

@@ -588,19 +588,22 @@ def ensure_generated_dataset(root, p, tag, version, generate, force=False):
 
 class SyntheticPrepare:
     """Picklable, comparable ``prepare`` callable (for :func:`register_sem_seg_folder` and weak-shot
-    registrations) that generates the synthetic dataset at ``root`` with generator ``params``."""
+    registrations) that generates a synthetic dataset at ``root`` with generator ``params``:
+    ``ensure(root, **params)`` (default :func:`ensure_synthetic_dataset`; any module-level generator's
+    ``ensure_*`` function, e.g. the second synthetic dataset's)."""
 
-    def __init__(self, root, params):
+    def __init__(self, root, params, ensure=None):
         self.root, self.params = root, dict(params)
+        self.ensure = ensure or ensure_synthetic_dataset
 
     def __call__(self):
-        ensure_synthetic_dataset(self.root, **self.params)
+        self.ensure(self.root, **self.params)
 
     def __eq__(self, other):
-        return isinstance(other, SyntheticPrepare) and (self.root, self.params) == (other.root, other.params)
+        return isinstance(other, SyntheticPrepare) and (self.root, self.params, self.ensure) == (other.root, other.params, other.ensure)
 
     def __repr__(self):
-        return f"ensure_synthetic_dataset({self.root!r}, **{self.params!r})"
+        return f"{self.ensure.__name__}({self.root!r}, **{self.params!r})"
 
 
 def register_synthetic(root=None, prefix="synthetic", **params):

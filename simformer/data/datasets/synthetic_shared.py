@@ -27,6 +27,7 @@ from detectron2.data import DatasetCatalog
 from .folder import register_sem_seg_folder
 from .synthetic import (
     SPLITS,
+    SyntheticPrepare,
     _pick_colors,
     _place_objects,
     _read_meta,
@@ -232,27 +233,11 @@ def ensure_shared_dataset(root=None, force=False, **params):
     return ensure_generated_dataset(root, p, _TAG, SHARED_GENERATOR_VERSION, generate_shared_dataset, force=force)
 
 
-class SharedPrepare:
-    """Picklable, comparable ``prepare`` callable: generates the dataset at ``root`` on first load."""
-
-    def __init__(self, root, params):
-        self.root, self.params = root, dict(params)
-
-    def __call__(self):
-        ensure_shared_dataset(self.root, **self.params)
-
-    def __eq__(self, other):
-        return isinstance(other, SharedPrepare) and (self.root, self.params) == (other.root, other.params)
-
-    def __repr__(self):
-        return f"ensure_shared_dataset({self.root!r}, **{self.params!r})"
-
-
 def register_synthetic_shared(root=None, **params):
     """Register ``synthetic_shared_{train,val}`` (full labels) and ``synthetic_shared_ws_{train,val}``
     (novel = :data:`SHARED_WS_NOVEL_IDS`, image-level labels only)."""
     root = os.path.abspath(os.path.expanduser(root or default_shared_root()))
-    prepare = SharedPrepare(root, params)
+    prepare = SyntheticPrepare(root, params, ensure_shared_dataset)
     for split in SPLITS:
         images, labels = os.path.join(root, "images", split), os.path.join(root, "labels", split)
         common = dict(image_ext=".png", label_ext=".png", ignore_label=255, colors=SHARED_COLORS, evaluator_type="sem_seg", prepare=prepare)
