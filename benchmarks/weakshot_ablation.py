@@ -132,6 +132,7 @@ class Ablation:
         train, self.test_set, _ = DATASETS[dataset]
         self.opts = list(opts) if dataset == "synthetic_ws" else list(opts) + ["DATASETS.TRAIN", f"('{train}',)", "DATASETS.TEST", f"('{self.test_set}',)"]
         self.lock = threading.Lock()
+        self._config_ids = {}
 
     def run_dir(self, row, seed):
         return os.path.join(self.out, row, f"seed{seed}")
@@ -174,12 +175,24 @@ class Ablation:
             return self.stage1_dir(row, seed)
         return self.run_dir(row, seed)
 
+    def config_id(self, row):
+        """Identity of what a row's runs are made from (resolved configs and options; a pipeline: both
+        stages and the retraining start), so that record values of another config are never merged in."""
+        if row not in self._config_ids:
+            ident = stage_identity(os.path.join(CONFIGS, ROWS[row][1]), self.opts)["id"]
+            if row in PIPELINES:
+                s1, init = PIPELINES[row]
+                ident = f"{self.config_id(s1)}+{ident}+{init}"
+            self._config_ids[row] = ident
+        return self._config_ids[row]
+
     def collect(self, rows):
         records = []
         for row in rows:
             label, config, stage = ROWS[row]
             rec = {"name": row, "label": label, "config": f"configs/synthetic/simformer/{config}", "stage": stage,
                    "in_main_job": _in_main_job(row), "seeds": [], "base": [], "novel": [], "hiou": [], "miou": [], "minutes": []}  # fmt: skip
+            rec["config_id"] = self.config_id(row)
             if row in PIPELINES:
                 rec["stage1"], rec["retrain_init"] = PIPELINES[row]
                 rec["pseudo_label_novel_iou"], rec["pseudo_label_coverage"] = [], []
@@ -210,7 +223,7 @@ class Ablation:
 
     def write(self, rows):
         with self.lock:
-            records = merge_records(_read_records(self.results_file, self.test_set), self.collect(rows))
+            records = merge_records(_read_records(self.results_file, self.test_set, self.opts), self.collect(rows))
             os.makedirs(os.path.dirname(self.results_file), exist_ok=True)
             payload = {"benchmark": f"{self.dataset}, benchmarks/weakshot_ablation.py", "test_set": self.test_set,
                        "opts": self.opts, "main_job": MAIN_JOB, "rows": records}  # fmt: skip
@@ -228,14 +241,15 @@ class Ablation:
             return table
 
 
-def _read_records(path, test_set):
-    """The rows of an existing record of the same benchmark (same test set), else ``[]``."""
+def _read_records(path, test_set, opts):
+    """The rows of an existing record of the same benchmark (same test set and options), else ``[]``."""
     try:
         with open(path) as f:
             payload = json.load(f)
     except (OSError, ValueError):
         return []
-    return payload.get("rows", []) if payload.get("test_set") == test_set else []
+    same = payload.get("test_set") == test_set and list(payload.get("opts", [])) == list(opts)
+    return payload.get("rows", []) if same else []
 
 
 PER_SEED_KEYS = ("base", "novel", "hiou", "miou", "minutes", "per_class_iou", "pseudo_label_novel_iou", "pseudo_label_coverage")
@@ -246,11 +260,15 @@ def merge_records(previous, fresh):
 
     A seed measured now replaces that seed's old values; seeds only in the record are kept (their run
     folders may be gone: a new checkout, another machine), so running a few rows or seeds never drops the
-    rest of the table. Rows keep the record's order; new rows are appended."""
+    rest of the table. Old seeds are dropped when the row's ``config_id`` changed (another config or
+    option: never a stale value beside new ones); rows recorded before ``config_id`` existed are kept.
+    Rows keep the record's order; new rows are appended."""
     out = {r["name"]: dict(r) for r in previous}
     order = [r["name"] for r in previous]
     for new in fresh:
         old = out.get(new["name"])
+        if old is not None and old.get("config_id", new.get("config_id")) != new.get("config_id"):
+            old = {"seeds": []}  # made from another config: its values are not this row's
         if old is None:
             out[new["name"]] = new
             order.append(new["name"])

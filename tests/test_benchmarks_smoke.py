@@ -252,6 +252,11 @@ def test_weakshot_ablation_record_table_and_plot(tmp_path):
     assert rows["oracle"]["seeds"] == [1, 2, 3] and rows["oracle"]["novel"] == [60.0, 64.0, 56.0]
     assert rows["oracle"]["per_class_iou"][2] == {"a": 2.0}
 
+    # values made from another config are never kept beside new ones
+    changed = [dict(r, config_id="another-config") if r["name"] == "oracle" else r for r in json.load(open(tmp_path / "record.json"))["rows"]]
+    merged = {r["name"]: r for r in ab.merge_records(changed, fresh.collect(["oracle"]))}
+    assert merged["oracle"]["seeds"] == [3] and merged["oracle"]["novel"] == [56.0]
+
 
 def test_weakshot_ablation_other_dataset_adds_its_splits(tmp_path):
     ab = importlib.import_module("weakshot_ablation")
