@@ -24,7 +24,11 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout", "hypothesis"],
+        "dev": ["pytest>=7", "pytest-timeout", "hypothesis", "timm>=1.0", "onnx>=1.16", "onnxruntime>=1.18"],
+        # Swin / ConvNeXt / ... backbones (MODEL.BACKBONE.NAME "TimmBackbone")
+        "timm": ["timm>=1.0"],
+        # simformer-export --format onnx and simformer-predict --onnx
+        "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         # peer model of benchmarks/bench_vs_hf_maskformer.py only (transformers does not pull in torch)
         "bench": ["transformers>=4.40"],
     },
@@ -35,6 +39,7 @@ setup(
             "simformer-predict=simformer.tools.predict:main",
             "simformer-plot=simformer.tools.plot:main",
             "simformer-convert-weights=simformer.tools.convert_weights:main",
+            "simformer-export=simformer.tools.export:main",
         ],
     },
 )

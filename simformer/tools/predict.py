@@ -35,11 +35,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..utils.config_merge import merge_config
 from ..data.image_io import IMAGE_EXTENSIONS, read_image_file, read_label_file
-from ..engine.predictor import Predictor, upsample_argmax  # noqa: F401  (the one predictor; re-exported)
 
 __all__ = ["expand_inputs", "load_image", "upsample_argmax", "Predictor", "main"]
+
+
+def __getattr__(name):
+    """``Predictor`` / ``upsample_argmax`` (the one predictor, re-exported) are imported on first use, so
+    the ``--onnx`` path never imports detectron2 or torch."""
+    if name in ("Predictor", "upsample_argmax"):
+        from ..engine import predictor
+
+        return getattr(predictor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logger = logging.getLogger("simformer.predict")
 
@@ -181,6 +189,8 @@ def build_cfg(config_file: str, opts: Sequence[str]):
     import simformer  # noqa: F401  (compatibility patches, registries)
     from simformer import add_simformer_config
 
+    from ..utils.config_merge import merge_config
+
     cfg = get_cfg()
     add_simformer_config(cfg)
     merge_config(cfg, config_file, list(opts))
@@ -195,8 +205,9 @@ def get_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="--opts KEY VALUE ... (last) overrides the config, e.g. --opts INPUT.MIN_SIZE_TEST 512.",
     )
-    p.add_argument("--config-file", required=True, metavar="FILE", help="the config the model was trained with")
+    p.add_argument("--config-file", metavar="FILE", help="the config the model was trained with (required unless --onnx)")
     p.add_argument("--weights", default=None, help="checkpoint (default: MODEL.WEIGHTS of the config)")
+    p.add_argument("--onnx", default=None, metavar="MODEL.onnx", help="run a model exported by simformer-export with onnxruntime (needs MODEL.onnx.json beside it; no detectron2 / torch; --config-file, --weights, --tta, --device, --opts do not apply)")
     p.add_argument("--input", "-i", nargs="+", required=True, help="image files, folders, or glob patterns")
     p.add_argument("--output", "-o", required=True, help="output folder (created)")
     p.add_argument("--gt", nargs="+", default=None, help="ground-truth label PNGs: one folder (matched by file stem) or one file per input image, in order")
@@ -217,7 +228,7 @@ def run(args) -> int:
     import cv2
     from tqdm import tqdm
 
-    from ..engine.visualize import overlay_panel
+    from ..utils.overlay import overlay_panel
 
     if args.batch_size < 1:
         print("error: --batch-size must be >= 1", file=sys.stderr)
@@ -238,18 +249,35 @@ def run(args) -> int:
     os.makedirs(args.output, exist_ok=True)
     out_abs = os.path.abspath(args.output)
 
-    cfg = build_cfg(args.config_file, list(args.opts) + (["TEST.AUG.ENABLED", "True"] if args.tta else []))
-    weights = args.weights or cfg.MODEL.WEIGHTS
-    if not weights:
-        print("error: no weights: pass --weights or set MODEL.WEIGHTS", file=sys.stderr)
-        return 2
     t0 = time.perf_counter()
-    try:
-        predictor = Predictor(cfg, weights, args.device)
-    except (FileNotFoundError, RuntimeError, ValueError) as e:
-        print(f"error: cannot load the model: {e}", file=sys.stderr)
-        return 2
-    dataset, names, colors, ignore, groups = _class_display(cfg, args.dataset)
+    if args.onnx:
+        from ..deploy.onnx_predictor import OnnxPredictor
+
+        try:
+            predictor = OnnxPredictor(args.onnx)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"error: cannot load the model: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:  # onnxruntime's own errors (invalid model file, ...)
+            print(f"error: cannot load the model: {args.onnx}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        names, colors, ignore, groups = predictor.display_info()
+        dataset, config_file, weights = predictor.meta.get("dataset"), None, args.onnx
+    else:
+        from ..engine.predictor import Predictor
+
+        cfg = build_cfg(args.config_file, list(args.opts) + (["TEST.AUG.ENABLED", "True"] if args.tta else []))
+        weights = args.weights or cfg.MODEL.WEIGHTS
+        if not weights:
+            print("error: no weights: pass --weights or set MODEL.WEIGHTS", file=sys.stderr)
+            return 2
+        try:
+            predictor = Predictor(cfg, weights, args.device)
+        except (FileNotFoundError, RuntimeError, ValueError) as e:
+            print(f"error: cannot load the model: {e}", file=sys.stderr)
+            return 2
+        dataset, names, colors, ignore, groups = _class_display(cfg, args.dataset)
+        config_file = args.config_file
     t_model = time.perf_counter() - t0
 
     records: List[Dict] = [{"input": p} for p in paths]
@@ -346,7 +374,7 @@ def run(args) -> int:
     done = [r for r in records if "error" not in r]
     failed = [r for r in records if "error" in r]
     summary = {
-        "config": args.config_file, "weights": weights, "device": predictor.device, "dataset": dataset,
+        "config": config_file, "weights": weights, "device": predictor.device, "dataset": dataset,
         "done": len(done), "failed": len(failed), "seconds": round(elapsed, 3), "model_load_seconds": round(t_model, 3),
         "input_errors": [{"input": i, "error": e} for i, e in input_errors], "images": records,
     }
@@ -376,7 +404,12 @@ def run(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if not args.onnx and not args.config_file:
+        parser.error("--config-file is required (unless --onnx)")
+    if args.onnx and (args.config_file or args.weights or args.tta or args.opts):
+        parser.error("--onnx runs the exported model as it is: --config-file, --weights, --tta and --opts do not apply")
     if len(args.opts) % 2:
         print(f"error: config overrides must be KEY VALUE pairs, got {args.opts}", file=sys.stderr)
         return 2

@@ -47,7 +47,7 @@ def build_attention_mask(mask_logits: torch.Tensor, size, nheads: int, threshold
     with torch.no_grad():
         m = F.interpolate(mask_logits.detach(), size=tuple(size), mode="bilinear", align_corners=False)
         blocked = ~(m.sigmoid().flatten(2) > threshold)  # (B, Q, hw)
-        blocked &= ~blocked.all(dim=-1, keepdim=True)  # empty mask -> attend everywhere
+        blocked = blocked & ~blocked.all(dim=-1, keepdim=True)  # empty mask -> attend everywhere (not in place: exportable)
         return blocked.repeat_interleave(nheads, dim=0)
 
 
