@@ -347,3 +347,21 @@ def add_simformer_config(cfg):
     # DEC_LAYERS + 1 predictions (initial queries, every layer), DEC_LAYERS - 1 deep-supervision slots:
     # True = supervise the initial prediction and leave out layer DEC_LAYERS - 1; False = the reverse.
     cfg.MODEL.MASK_FORMER.MASKED_ATTN.SUPERVISE_INITIAL = True
+
+    # ---------------------------------------------------------------- timm backbones
+    # Read by TimmBackbone (simformer/modeling/backbone/timm_backbone.py), MODEL.BACKBONE.NAME "TimmBackbone";
+    # needs pip install -e .[timm].
+    cfg.MODEL.TIMM = CN()
+    # timm model name, e.g. "swin_tiny_patch4_window7_224", "convnext_tiny", "resnet50".
+    cfg.MODEL.TIMM.NAME = "convnext_tiny"
+    # Local state dict of the timm classification model (.pth / .bin / .safetensors), loaded by timm's
+    # pretrained loader; "" = random initialisation (or MODEL.WEIGHTS). Never downloaded.
+    cfg.MODEL.TIMM.PRETRAINED_FILE = ""
+    # Feature maps given to the pixel decoder: res2..res5 = strides 4, 8, 16, 32.
+    cfg.MODEL.TIMM.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Stochastic depth rate (Mask2Former: 0.3 for Swin-T/S/B/L).
+    cfg.MODEL.TIMM.DROP_PATH_RATE = 0.0
+    # 0 = train everything; 1 = freeze the stem; k >= 2 = freeze the stem and the stages up to res<k>.
+    cfg.MODEL.TIMM.FREEZE_AT = 0
+    # "" = the model's own normalisation; "FrozenBN", "SyncBN" or "BN" convert its BatchNorm layers.
+    cfg.MODEL.TIMM.NORM = ""

@@ -19,6 +19,7 @@ def load_cfg(path):
     add_simformer_config(cfg)
     cfg.merge_from_file(path)
     cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.TIMM.PRETRAINED_FILE = ""  # without weights (timm backbones would read the file when built)
     return cfg
 
 

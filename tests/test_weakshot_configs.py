@@ -29,6 +29,10 @@ DATASETS = {
     ),
 }
 CASES = [(ds, k, stage) for ds, facts in DATASETS.items() for k in facts["splits"] for stage in STAGES]
+# timm backbone variants (split 1 of each dataset): <stage>_<backbone>.yaml next to <stage>.yaml
+BACKBONE_VARIANTS = {"swin_t": "swin_tiny_patch4_window7_224", "convnext_t": "convnext_tiny"}
+VARIANT_STAGES = ("seg_crosim", "retraining")
+VARIANTS = [(ds, 1, stage, bb) for ds in DATASETS for stage in VARIANT_STAGES for bb in BACKBONE_VARIANTS]
 
 
 def config_path(ds, k, stage):
@@ -47,7 +51,25 @@ def test_every_split_has_every_stage_and_nothing_else():
         folder = os.path.join(ROOT, "configs", ds)
         found = {os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder) for f in files if f.endswith(".yaml") and not f.startswith("Base-")}
         expected = {os.path.join(f"split{k}", f"{stage}.yaml") for k in facts["splits"] for stage in STAGES}
+        expected |= {os.path.join(f"split{k}", f"{stage}_{bb}.yaml") for d, k, stage, bb in VARIANTS if d == ds}
         assert found == expected, f"{ds}: unexpected {sorted(found - expected)}, missing {sorted(expected - found)}"
+
+
+@pytest.mark.parametrize("ds,k,stage,bb", VARIANTS, ids=[f"{ds}/split{k}/{stage}_{bb}" for ds, k, stage, bb in VARIANTS])
+def test_backbone_variant_changes_only_the_backbone_recipe(ds, k, stage, bb):
+    """The Swin-T / ConvNeXt-T variant = its stage config + the timm backbone and Mask2Former's optimiser
+    recipe (backbone LR x 0.1, weight decay 0.05, none on norms / position embeddings)."""
+    base, variant = load(ds, k, stage), load(ds, k, f"{stage}_{bb}")
+    assert variant.MODEL.BACKBONE.NAME == "TimmBackbone" and variant.MODEL.TIMM.NAME == BACKBONE_VARIANTS[bb]
+    assert variant.MODEL.WEIGHTS == "" and variant.MODEL.TIMM.PRETRAINED_FILE.endswith(BACKBONE_VARIANTS[bb] + ".pth")
+    assert (variant.SOLVER.BACKBONE_MULTIPLIER, variant.SOLVER.WEIGHT_DECAY, variant.SOLVER.WEIGHT_DECAY_NORM, variant.SOLVER.WEIGHT_DECAY_EMBED) == (0.1, 0.05, 0.0, 0.0)
+    for key in ("WEIGHTS", "BACKBONE", "TIMM"):
+        variant.MODEL.pop(key), base.MODEL.pop(key)
+    for key in ("BACKBONE_MULTIPLIER", "WEIGHT_DECAY", "WEIGHT_DECAY_NORM", "WEIGHT_DECAY_EMBED"):
+        variant.SOLVER.pop(key), base.SOLVER.pop(key)
+    assert variant.OUTPUT_DIR == base.OUTPUT_DIR + f"_{bb}"
+    variant.OUTPUT_DIR = base.OUTPUT_DIR
+    assert variant == base
 
 
 @pytest.mark.parametrize("ds,k,stage", CASES, ids=[f"{ds}/split{k}/{stage}" for ds, k, stage in CASES])

@@ -16,10 +16,17 @@ _NORM_TYPES = (
 )
 
 
+# parameter names (the last component) that are position embeddings: weight decay WEIGHT_DECAY_EMBED
+POSITION_EMBEDDING_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "pos_embed")
+
+
 def optimizer_param_groups(model, base_lr, weight_decay, weight_decay_norm, weight_decay_embed, backbone_multiplier) -> List[Dict[str, Any]]:
     """One group per parameter: LR x ``backbone_multiplier`` inside modules named "*backbone*";
     weight decay ``weight_decay_norm`` for normalisation layers (incl. detectron2's FrozenBatchNorm,
-    which has no trainable parameters) and ``weight_decay_embed`` for nn.Embedding."""
+    which has no trainable parameters and timm's LayerNorm2d, a LayerNorm subclass) and
+    ``weight_decay_embed`` for nn.Embedding and position embeddings (parameters named as in
+    :data:`POSITION_EMBEDDING_NAMES`: Swin's relative-position tables, ViT / Swin absolute embeddings),
+    as Mask2Former's Swin recipe."""
     from detectron2.layers import FrozenBatchNorm2d
 
     groups, seen = [], set()
@@ -33,7 +40,7 @@ def optimizer_param_groups(model, base_lr, weight_decay, weight_decay_norm, weig
                 lr = lr * backbone_multiplier
             if isinstance(module, _NORM_TYPES + (FrozenBatchNorm2d,)):
                 wd = weight_decay_norm
-            elif isinstance(module, torch.nn.Embedding):
+            elif isinstance(module, torch.nn.Embedding) or name in POSITION_EMBEDDING_NAMES:
                 wd = weight_decay_embed
             groups.append({"params": [value], "lr": lr, "weight_decay": wd, "name": f"{module_name}.{name}"})
     return groups

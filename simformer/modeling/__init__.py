@@ -1,5 +1,5 @@
 """Model components; importing this package fills the registries."""
-from . import classifiers, pixel_decoder, transformer_decoder
+from . import backbone, classifiers, pixel_decoder, transformer_decoder
 from .criterion import SetCriterion
 from .head import MaskFormerHead
 from .matcher import HungarianMatcher

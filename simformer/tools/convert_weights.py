@@ -41,7 +41,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["load_state_dict", "convert_resnet", "save_d2_checkpoint", "config_settings", "verify_d2_load", "main"]
+__all__ = ["load_state_dict", "convert_resnet", "convert_timm", "save_d2_checkpoint", "config_settings", "timm_config_settings", "verify_d2_load", "main"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -227,6 +227,31 @@ def verify_d2_load(model: Mapping[str, np.ndarray], info: Mapping, norm: str = "
     return missing, list(result.unexpected_keys), shapes
 
 
+def convert_timm(path: str, model_name: str) -> Tuple["OrderedDict[str, np.ndarray]", Dict]:
+    """A timm classification state dict (any timm model, e.g. Swin, ConvNeXt) -> ``backbone.body.*`` keys of
+    :class:`~simformer.modeling.backbone.TimmBackbone` for ``MODEL.TIMM.NAME = model_name``. The file is read by
+    timm's own pretrained loader (its key filters and the dropped classifier), so what loads here loads in
+    training; returns (state, info with the model's input mean / std in [0, 1])."""
+    from ..modeling.backbone.timm_backbone import build_timm_features
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        body = build_timm_features(model_name, pretrained_file=path)
+    except (RuntimeError, KeyError, ValueError) as e:  # the file is not this model's
+        raise ConversionError(f"{path} does not load into timm model {model_name!r}: {str(e)[:500]}") from e
+    cfg = getattr(body, "pretrained_cfg", None) or {}
+    state = OrderedDict((f"backbone.body.{k}", _to_numpy(v)) for k, v in body.state_dict().items() if not k.endswith("num_batches_tracked"))
+    info = {"timm_model": model_name, "mean": tuple(cfg.get("mean", IMAGENET_MEAN)), "std": tuple(cfg.get("std", IMAGENET_STD))}
+    return state, info
+
+
+def timm_config_settings(info: Mapping, weights: str = "") -> Dict:
+    r = lambda xs: [round(255.0 * x, 3) for x in xs]  # noqa: E731
+    model = {"WEIGHTS": weights, "PIXEL_MEAN": r(info["mean"]), "PIXEL_STD": r(info["std"]), "BACKBONE": {"NAME": "TimmBackbone"}, "TIMM": {"NAME": info["timm_model"], "PRETRAINED_FILE": ""}}
+    return {"MODEL": model, "INPUT": {"FORMAT": "RGB"}}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="simformer-convert-weights", description="Convert a torchvision / timm ResNet state dict into a detectron2 checkpoint (MODEL.WEIGHTS).", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2] if __doc__ else None)
     p.add_argument("input", help="torchvision / timm ResNet state dict (.pth, .pt, .bin, .safetensors, .pkl)")
@@ -236,10 +261,13 @@ def main(argv=None) -> int:
     p.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN, metavar=("R", "G", "B"), help="input mean the model was trained with, in [0, 1] (default ImageNet)")
     p.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD, metavar=("R", "G", "B"), help="input std in [0, 1] (default ImageNet)")
     p.add_argument("--verify", action="store_true", help="load the result into detectron2's ResNet and report missing / unexpected keys")
+    p.add_argument("--timm-model", default=None, metavar="NAME", help="any timm model (Swin, ConvNeXt, ...): IN is its classification state dict, OUT holds the TimmBackbone keys (MODEL.BACKBONE.NAME TimmBackbone, MODEL.TIMM.NAME NAME)")
     args = p.parse_args(argv)
     if not args.output.endswith((".pkl", ".pth")):
         print("error: output must end in .pkl or .pth", file=sys.stderr)
         return 2
+    if args.timm_model:
+        return _main_timm(args)
     try:
         state = load_state_dict(args.input, ema=args.ema)
         model, info = convert_resnet(state)
@@ -268,6 +296,25 @@ def main(argv=None) -> int:
                 print(f"  {name}: {keys[:8]}")
         if missing or unexpected or shapes:
             return 1
+    return 0
+
+
+def _main_timm(args) -> int:
+    import yaml
+
+    try:
+        model, info = convert_timm(args.input, args.timm_model)
+    except (ConversionError, FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    settings = timm_config_settings(info, weights=os.path.abspath(args.output))
+    obj_extra = {"simformer_config": settings}
+    save_d2_checkpoint(model, args.output, author="timm", extra=obj_extra)
+    yaml_path = os.path.splitext(args.output)[0] + ".yaml"
+    with open(yaml_path, "w") as f:
+        f.write(f"# Settings for {os.path.basename(args.output)} (timm {args.timm_model}, from {os.path.basename(args.input)}); merge into your config.\n")
+        yaml.safe_dump(settings, f, sort_keys=False, default_flow_style=None)
+    print(f"timm {args.timm_model}: {len(model)} backbone tensors -> {args.output}; config settings in {yaml_path}")
     return 0
 
 
