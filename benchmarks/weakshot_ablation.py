@@ -77,16 +77,20 @@ ROWS = {
     "seg_warm": ("seg -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_warm.yaml", 2),
     "crosim_warm": ("seg_crosim -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_warm.yaml", 2),
     "ssa_warm": ("seg_ssa -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_ssa_warm.yaml", 2),
+    "ssa_warm_tta": ("seg_ssa -> TTA pseudo-labels (flip, 3 scales) -> retraining (warm start, half schedule)", "retraining_ssa_warm.yaml", 2),
 }
 # stage-2 row -> (stage-1 row, retraining start)
 PIPELINES = {
     "seg_retrain": ("seg", "scratch"), "crosim_retrain": ("crosim", "scratch"), "ssa_retrain": ("ssa", "scratch"),
-    "seg_warm": ("seg", "stage1"), "crosim_warm": ("crosim", "stage1"), "ssa_warm": ("ssa", "stage1"),
+    "seg_warm": ("seg", "stage1"), "crosim_warm": ("crosim", "stage1"), "ssa_warm": ("ssa", "stage1"), "ssa_warm_tta": ("ssa", "stage1"),
 }  # fmt: skip
+# stage-2 row -> overrides of its pseudo-label stage only (stage 1 is shared with the other pipelines):
+# flip + short sides 96 / 128 / 160 averaged (benchmarks/tta_eval.py measured +2.5 / +2.3 pseudo-label novel IoU)
+PSEUDO_LABEL_OPTS = {"ssa_warm_tta": ["TEST.AUG.PSEUDO_LABELS", "True", "TEST.AUG.MIN_SIZES", "(96, 128, 160)", "TEST.AUG.MAX_SIZE", "640", "TEST.AUG.FLIP", "True"]}
 STAGE1_ROWS = {s for s, _ in PIPELINES.values()}  # trained once in pipeline_<row>/, shared by the pipelines
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
-            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "ssa_long": "ssa"}  # fmt: skip
+            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "ssa_warm_tta": "ssa_warm", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "ssa_long": "ssa"}  # fmt: skip
 DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
 
 
@@ -137,8 +141,11 @@ class Ablation:
     def run_dir(self, row, seed):
         return os.path.join(self.out, row, f"seed{seed}")
 
-    def pipeline_dir(self, stage1_row, init, seed):
-        return os.path.join(self.out, f"pipeline_{stage1_row}_{init}", f"seed{seed}")
+    def pipeline_dir(self, row, seed):
+        """The run folder of a stage-2 row's pipeline (its stage1/ links to the shared stage-1 run)."""
+        s1, init = PIPELINES[row]
+        suffix = "_tta" if row in PSEUDO_LABEL_OPTS else ""
+        return os.path.join(self.out, f"pipeline_{s1}_{init}{suffix}", f"seed{seed}")
 
     def stage1_dir(self, row, seed):
         """A stage-1 row's run; the pipelines built on it link their ``stage1/`` here (trained once)."""
@@ -154,13 +161,13 @@ class Ablation:
             s1, init = PIPELINES[row]
             s1_config = os.path.join(CONFIGS, ROWS[s1][1])
             # the stage-1 model is shared: the pipeline folder's stage1/ is a link to the stage-1 row's run
-            pdir = self.pipeline_dir(s1, init, seed)
+            pdir = self.pipeline_dir(row, seed)
             os.makedirs(pdir, exist_ok=True)
             link = os.path.join(pdir, "stage1")
             if not os.path.lexists(link):
                 os.symlink(os.path.relpath(self.stage1_dir(s1, seed), pdir), link)
             run_pipeline(s1_config, config, pdir, opts=opts + ["TEST.NUM_VIS_OVERLAYS", "0"], log=lambda m: _log(m, log_file),
-                         retrain_init=init, log_file=log_file, **LAUNCH)  # fmt: skip
+                         retrain_init=init, log_file=log_file, pseudo_label_opts=PSEUDO_LABEL_OPTS.get(row, []), **LAUNCH)  # fmt: skip
         elif row in STAGE1_ROWS:
             _train(self.stage1_dir(row, seed), config, seed, self.opts, log_file)
         else:
@@ -169,8 +176,7 @@ class Ablation:
 
     def row_dir(self, row, seed):
         if row in PIPELINES:
-            s1, init = PIPELINES[row]
-            return os.path.join(self.pipeline_dir(s1, init, seed), "retrain")
+            return os.path.join(self.pipeline_dir(row, seed), "retrain")
         if row in STAGE1_ROWS:
             return self.stage1_dir(row, seed)
         return self.run_dir(row, seed)
@@ -183,6 +189,8 @@ class Ablation:
             if row in PIPELINES:
                 s1, init = PIPELINES[row]
                 ident = f"{self.config_id(s1)}+{ident}+{init}"
+                if row in PSEUDO_LABEL_OPTS:
+                    ident += "+pl:" + " ".join(PSEUDO_LABEL_OPTS[row])
             self._config_ids[row] = ident
         return self._config_ids[row]
 
@@ -210,9 +218,8 @@ class Ablation:
                 if row in ("oracle", "oracle_long"):
                     rec.setdefault("per_class_iou", []).append({k[4:]: round(v, 1) for k, v in m.items() if k.startswith("IoU-")})
                 if row in PIPELINES:
-                    s1, init = PIPELINES[row]
                     try:
-                        with open(os.path.join(self.pipeline_dir(s1, init, seed), "pseudo_labels", "pseudo_labels.json")) as f:
+                        with open(os.path.join(self.pipeline_dir(row, seed), "pseudo_labels", "pseudo_labels.json")) as f:
                             pl = json.load(f)
                         rec["pseudo_label_novel_iou"].append(round(pl.get("quality_mIoU_novel", float("nan")), 2))
                         rec["pseudo_label_coverage"].append(round(pl.get("labelled_fraction", float("nan")), 2))

@@ -175,7 +175,7 @@ RETRAIN_INITS = ("scratch", "stage1")
 
 
 def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus: int = 1, opts=(), train_script=None, python=sys.executable, log=print, retrain_init="scratch", log_file=None,
-                 num_machines: int = 1, machine_rank: int = 0, dist_url: Optional[str] = None):
+                 num_machines: int = 1, machine_rank: int = 0, dist_url: Optional[str] = None, pseudo_label_opts=()):
     """Run (or finish) the pipeline; returns the summary rows. ``opts`` are KEY VALUE overrides applied to
     every stage (e.g. ``SOLVER.MAX_ITER 100``). ``train_script``: a script with train_net.py's command line
     (default: ``python -m simformer.tools.train``), e.g. one that registers the user's own weak-shot dataset first.
@@ -183,7 +183,9 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
     ``log_file``: append the stages' output there instead of the console. ``num_machines`` / ``machine_rank``
     / ``dist_url``: detectron2's multi-machine flags, passed to every stage; every machine runs the same
     pipeline command on a shared file system, machine 0 decides which stages run (``stage.json``) and the
-    others follow it (:func:`follow_stage_dir`)."""
+    others follow it (:func:`follow_stage_dir`). ``pseudo_label_opts``: KEY VALUE overrides of the
+    pseudo-label stage only (e.g. ``TEST.AUG.PSEUDO_LABELS True`` for test-time augmented pseudo-labels); they
+    are part of that stage's identity, not of stage 1's."""
     if retrain_init not in RETRAIN_INITS:
         raise ValueError(f"retrain_init must be one of {RETRAIN_INITS}, got {retrain_init!r}")
     run_dir = os.path.abspath(run_dir)
@@ -228,7 +230,7 @@ def run_pipeline(stage1_config: str, retrain_config: str, run_dir: str, num_gpus
 
     summary_file = os.path.join(dirs["pseudo_labels"], SUMMARY_FILE)
     seconds = None
-    pl_opts = opts + ["DATASETS.TEST", f"('{train_name}',)", "TEST.NUM_VIS_OVERLAYS", "0"]
+    pl_opts = opts + list(pseudo_label_opts) + ["DATASETS.TEST", f"('{train_name}',)", "TEST.NUM_VIS_OVERLAYS", "0"]
     pl_identity = stage_identity(stage1_config, pl_opts, upstream=id1, volatile=VOLATILE_KEYS + ("MODEL.WEIGHTS", "TEST.PSEUDO_LABEL_DIR"))
     if not prepare(dirs["pseudo_labels"], pl_identity, log):
         log(f"==> [pseudo-labels] predicting {train_name} with {final1} -> {dirs['pseudo_labels']}")

@@ -41,6 +41,8 @@ TINY = tiny_model(5, queries=6) + [
     "SOLVER.MAX_ITER", "3",
     "DATALOADER.NUM_WORKERS", "0",
     "TEST.NUM_VIS_OVERLAYS", "0",
+    "TEST.AUG.MIN_SIZES", "(48, 64)",
+    "TEST.AUG.MAX_SIZE", "128",
 ]  # fmt: skip
 
 
@@ -100,6 +102,16 @@ def test_pipeline_runs_every_stage_then_skips_them(tmp_path):
     retrain = json.load(open(os.path.join(run_dir, "retrain", "stage.json")))
     pseudo = json.load(open(os.path.join(run_dir, "pseudo_labels", "stage.json")))
     assert retrain["upstream"] == pseudo["id"] and pseudo["upstream"] == stage1["id"]
+
+    # test-time augmented pseudo-labels: stage 1 is kept, the pseudo-labels and the retraining are re-made
+    i = cmd.index("--train-script")
+    tta = subprocess.run(cmd[:i] + ["--pseudo-label-tta"] + cmd[i:] + ["SOLVER.MAX_ITER", "4"], env=env, capture_output=True, text=True, timeout=600)
+    assert tta.returncode == 0, tta.stdout[-3000:] + tta.stderr[-3000:]
+    assert tta.stdout.count("with the same inputs") == 1 and "TEST.AUG.PSEUDO_LABELS: False -> True" in tta.stdout
+    assert json.load(open(os.path.join(run_dir, "stage1", "stage.json")))["id"] == stage1["id"]
+    pseudo_tta = json.load(open(os.path.join(run_dir, "pseudo_labels", "stage.json")))
+    assert pseudo_tta["config"]["TEST.AUG.PSEUDO_LABELS"] is True and pseudo_tta["upstream"] == stage1["id"]
+    assert json.load(open(os.path.join(run_dir, "retrain", "stage.json")))["upstream"] == pseudo_tta["id"]
 
 
 def test_multi_machine_flags_and_followers(tmp_path):
