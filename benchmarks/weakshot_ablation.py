@@ -389,7 +389,7 @@ def main(argv=None):
     LAUNCH.update(num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url)
     distributed_flags(args.num_machines, args.machine_rank, args.dist_url)  # validate now
     threads = max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    threads = int(os.environ.setdefault("OMP_NUM_THREADS", str(threads)))  # an OMP_NUM_THREADS already set wins
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     out = os.path.abspath(args.output_dir)
     ab = Ablation(out, args.seeds, args.opts, os.path.abspath(args.results or DATASETS[args.dataset][2]), args.dataset)
