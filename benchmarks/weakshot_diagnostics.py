@@ -94,7 +94,7 @@ def main(argv=None):
     cfg.MODEL.DEVICE = "cpu"
     model = build_model(cfg).eval()
     AtomicCheckpointer(model, strict_shapes=True).load(args.weights, checkpointables=[])
-    simnet = model.criterion.simnet
+    simnet = model.criterion.terms["cross_image"].simnet
     if simnet is None:
         raise SystemExit(f"{args.config_file}: no SimNet (MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT is 0)")
     name = cfg.DATASETS.TEST[0]

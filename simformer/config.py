@@ -101,7 +101,8 @@ def add_simformer_config(cfg):
     cfg.MODEL.MASK_FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
 
     # ---------------------------------------------------------------- SimFormer (spec §3-§5)
-    # Read by the "SimFormer" meta-architecture and its criterion (simformer/modeling/simformer_criterion.py).
+    # Read by the "SimFormer" meta-architecture and its loss terms (simformer/modeling/loss_terms.py, assembled by
+    # simformer/modeling/build_criterion.py).
     cfg.MODEL.SIMFORMER = CN()
     # Complementary loss weight (LOSS.CompSupNovel): union of the matched novel masks vs. the not-base,
     # not-padding region; 0.15 COCO, 0.2 ADE, 0 = off (retraining).

@@ -25,8 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .inference import postprocess_sem_seg, semantic_inference
-from .modeling.criterion import SetCriterion, point_sampling_kwargs
-from .modeling.matcher import HungarianMatcher
+from .modeling.build_criterion import build_criterion
 from .modeling.pixel_classification import SEMANTIC_MAPS, fuse_semantic_maps, label_map_from_targets, novel_tag_region, pixel_class_scores
 
 __all__ = ["MaskFormer"]
@@ -34,6 +33,8 @@ __all__ = ["MaskFormer"]
 
 @META_ARCH_REGISTRY.register()
 class MaskFormer(nn.Module):
+    weak_shot = False  # the criterion's weak-shot terms (build_criterion): SimFormer sets it
+
     @configurable
     def __init__(
         self,
@@ -76,11 +77,7 @@ class MaskFormer(nn.Module):
         backbone = build_backbone(cfg)
         sem_seg_head = build_sem_seg_head(cfg, backbone.output_shape())
         mf = cfg.MODEL.MASK_FORMER
-        matcher = HungarianMatcher(cost_class=mf.COST_CLASS, cost_focal=mf.COST_FOCAL, cost_dice=mf.COST_DICE, cost_class_no_mask=mf.COST_CLASS_NO_MASK, num_points=mf.TRAIN_NUM_POINTS)
-        weight_dict = {"loss_ce": mf.CLASS_WEIGHT, "loss_focal": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}
-        if mf.DEEP_SUPERVISION:
-            weight_dict.update({f"{k}_{i}": v for i in range(mf.DEC_LAYERS - 1) for k, v in list(weight_dict.items())})
-        criterion = SetCriterion(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher, eos_coef=mf.NO_OBJECT_WEIGHT, **point_sampling_kwargs(cfg))
+        criterion, weight_dict = build_criterion(cfg, weak_shot=cls.weak_shot)
         return {
             "backbone": backbone,
             "sem_seg_head": sem_seg_head,

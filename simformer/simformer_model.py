@@ -11,115 +11,31 @@ MaskFormer (used for the oracle, base-only and retraining stages).
 from typing import Dict, List
 
 import torch
-from detectron2.data import MetadataCatalog
+from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 
 from .model import MaskFormer
-from .modeling.criterion import point_sampling_kwargs
-from .modeling.pixel_contrast_head import PixelContrast, PixelContrastMemory
-from .modeling.simformer_criterion import SimFormerCriterion
-from .modeling.simnet import RunningPairBalance, SimNet
+from .modeling.build_criterion import STUDENT_PAIRS
+from .modeling.loss_terms import weakshot_metadata
 
 __all__ = ["SimFormer", "STUDENT_PAIRS"]
-
-STUDENT_PAIRS = ("cross", "same")
-
-
-def _novel_ids_of_training_data(cfg):
-    ids = {tuple(sorted(MetadataCatalog.get(n).get("novel_class_ids", None) or ())) for n in cfg.DATASETS.TRAIN}
-    if len(ids) > 1:
-        raise ValueError(f"SimFormer: the datasets of DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} have different novel classes")
-    return list(ids.pop()) if ids else []
-
-
-def _build_pixel_contrast(cfg) -> PixelContrast:
-    """The training-only pixel contrast module of MODEL.SIMFORMER.PIXEL_CONTRAST (head on the mask features)."""
-    pc = cfg.MODEL.SIMFORMER.PIXEL_CONTRAST
-    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    if pc.PROJ_STRIDE < 4 or pc.PROJ_STRIDE % 4:
-        raise ValueError(f"MODEL.SIMFORMER.PIXEL_CONTRAST.PROJ_STRIDE must be a multiple of 4 (the mask-feature stride), got {pc.PROJ_STRIDE}")
-    memory = None
-    if pc.MEMORY.ENABLED:
-        m = pc.MEMORY
-        memory = PixelContrastMemory(num_classes, pc.PROJ_DIM, m.PIXEL_SIZE, m.REGION_SIZE, m.PIXELS_PER_IMAGE, m.STORE_FP16)
-    warmup = round(0.125 * cfg.SOLVER.MAX_ITER) if pc.WARMUP_ITERS < 0 else pc.WARMUP_ITERS
-    return PixelContrast(
-        cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
-        num_classes,
-        proj_dim=pc.PROJ_DIM,
-        proj=pc.PROJ,
-        norm=cfg.MODEL.SEM_SEG_HEAD.NORM,
-        pool=pc.PROJ_STRIDE // 4,
-        temperature=pc.TEMPERATURE,
-        loss_scale=None if pc.LOSS_SCALE < 0 else pc.LOSS_SCALE,
-        max_samples=pc.MAX_SAMPLES,
-        max_views=pc.MAX_VIEWS,
-        min_pixels=pc.MIN_PIXELS_PER_CLASS,
-        hard_anchors=pc.HARD_ANCHORS,
-        warmup_iters=warmup,
-        memory=memory,
-        memory_candidates=pc.MEMORY.CANDIDATES if memory is not None else 0,
-    )
 
 
 @META_ARCH_REGISTRY.register()
 class SimFormer(MaskFormer):
+    weak_shot = True  # build_criterion adds the terms MODEL.SIMFORMER turns on
+
+    @configurable
+    def __init__(self, *, ignore_label: int = 255, **kwargs):
+        """``ignore_label``: the training data's ignore value (padding of ``sem_seg_raw``); the rest as
+        :class:`MaskFormer`."""
+        super().__init__(**kwargs)
+        self.ignore_label = ignore_label
+
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        mf, sf = cfg.MODEL.MASK_FORMER, cfg.MODEL.SIMFORMER
-        cis = sf.CROSS_IMG_SIM
-        if cis.STUDENT_PAIRS not in STUDENT_PAIRS:
-            raise ValueError(f"MODEL.SIMFORMER.CROSS_IMG_SIM.STUDENT_PAIRS must be one of {STUDENT_PAIRS}, got {cis.STUDENT_PAIRS!r}")
-        if cis.DISTILL_WEIGHT != 0 and cis.BASE_WEIGHT == 0:
-            raise ValueError("MODEL.SIMFORMER.CROSS_IMG_SIM.DISTILL_WEIGHT > 0 needs SimNet, i.e. CROSS_IMG_SIM.BASE_WEIGHT > 0")
-        use_pairs = cis.BASE_WEIGHT != 0
-        if use_pairs and cfg.INPUT.DATASET_MAPPER_NAME != "PairDatasetMapper":
-            raise ValueError(
-                "MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT > 0 trains on image pairs: set INPUT.DATASET_MAPPER_NAME "
-                f"'PairDatasetMapper' (got {cfg.INPUT.DATASET_MAPPER_NAME!r})"
-            )
-        use_contrast = sf.PIXEL_CONTRAST.WEIGHT != 0
-        novel = _novel_ids_of_training_data(cfg) if (sf.COMP_LOSS_WEIGHT != 0 or use_pairs or use_contrast) else []
-        ignore_label = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", 255) if cfg.DATASETS.TRAIN else 255
-        simnet = SimNet(cfg.MODEL.SEM_SEG_HEAD.MASK_DIM, cis.HIDDEN_DIM, cis.LAYER_NUM, cis.BN) if use_pairs else None
-        ret["criterion"] = SimFormerCriterion(
-            cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-            ret["criterion"].matcher,
-            mf.NO_OBJECT_WEIGHT,
-            **point_sampling_kwargs(cfg),
-            novel_class_ids=novel,
-            ignore_label=ignore_label,
-            comp_loss=sf.COMP_LOSS_WEIGHT != 0,
-            ignore_proposal_logit=sf.IGNORE_PROPOSAL_LOGIT,
-            comp_focal_weight=mf.MASK_WEIGHT,
-            comp_dice_weight=mf.DICE_WEIGHT,
-            simnet=simnet,
-            distill=use_pairs and cis.DISTILL_WEIGHT != 0,
-            distill_func=cis.DISTILL_FUNC,
-            distill_to=cis.DISTILL_TO,
-            cross_image_student=cis.STUDENT_PAIRS == "cross",
-            base_points=cis.BASE_POINT_NUM,
-            novel_points=cis.NOVEL_POINT_NUM,
-            positive_fraction=cis.POSITIVE_FRACTION,
-            base_detach=cis.BASE_DETACH,
-            teacher_detach=cis.TEACH_DETACH,
-            balance=RunningPairBalance(cis.BALANCE_WINDOW, cis.BALANCE_STRIDE) if use_pairs else None,
-            pixel_contrast=_build_pixel_contrast(cfg) if use_contrast else None,
-            contrast_classes=sf.PIXEL_CONTRAST.CLASSES,
-        )
-        weights = dict(ret["weight_dict"])
-        if sf.COMP_LOSS_WEIGHT != 0:
-            weights["loss_comp"] = sf.COMP_LOSS_WEIGHT
-            if mf.DEEP_SUPERVISION:
-                weights.update({f"loss_comp_{i}": sf.COMP_LOSS_WEIGHT for i in range(mf.DEC_LAYERS - 1)})
-        if use_pairs:
-            weights["loss_cro_sim"] = cis.BASE_WEIGHT
-            if cis.DISTILL_WEIGHT != 0:
-                weights["loss_cro_dit"] = cis.DISTILL_WEIGHT
-        if use_contrast:
-            weights["loss_pixel_contrast"] = sf.PIXEL_CONTRAST.WEIGHT
-        ret["weight_dict"] = weights
+        ret["ignore_label"] = weakshot_metadata(cfg)[1]
         return ret
 
     @staticmethod
@@ -136,7 +52,7 @@ class SimFormer(MaskFormer):
         """MaskFormer's targets plus ``sem_seg_raw`` (H_pad, W_pad) int64 and ``pad`` (H_pad, W_pad) bool."""
         targets = super().prepare_targets(batched_inputs, images)
         h_pad, w_pad = images.tensor.shape[-2:]
-        ignore = self.criterion.ignore_label
+        ignore = self.ignore_label
         for t, x in zip(targets, batched_inputs):
             raw = x.get("sem_seg_raw", x.get("sem_seg"))
             if raw is None:

@@ -132,6 +132,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             raise ValueError(f"checkpoint file '{filename}' cannot be read ({type(e).__name__}: {e}); expected a complete checkpoint (.pth) -- is it truncated?") from e
 
     def _load_model(self, checkpoint):
+        checkpoint["model"] = upgrade_state_keys(checkpoint["model"], self.logger)
         incompatible = super()._load_model(checkpoint)
         if incompatible is not None and incompatible.incorrect_shapes:
             lines = [f"  {k}: {tuple(c)} in the checkpoint, {tuple(m)} in the model" for k, c, m in incompatible.incorrect_shapes]
@@ -145,6 +146,24 @@ class AtomicCheckpointer(DetectionCheckpointer):
             )
             incompatible = incompatible._replace(incorrect_shapes=[])  # already reported, in one message
         return incompatible
+
+
+def upgrade_state_keys(state, logger=None):
+    """Rename the keys of checkpoints written before the loss terms owned their modules
+    (:data:`~simformer.modeling.build_criterion.LEGACY_STATE_PREFIXES`, e.g. ``criterion.simnet.*`` ->
+    ``criterion.terms.cross_image.simnet.*``); other keys unchanged."""
+    from ..modeling.build_criterion import LEGACY_STATE_PREFIXES
+
+    renamed, out = 0, type(state)()
+    for key, value in state.items():
+        for old, new in LEGACY_STATE_PREFIXES.items():
+            if key.startswith(old):
+                key, renamed = new + key[len(old):], renamed + 1
+                break
+        out[key] = value
+    if renamed and logger is not None:
+        logger.info(f"checkpoint: {renamed} criterion tensors renamed to their current names (criterion.terms.*)")
+    return out
 
 
 def _pid_alive(pid):

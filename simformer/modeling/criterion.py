@@ -14,11 +14,16 @@ Where the mask losses are evaluated (``num_points``):
          layer drops from M*H*W to M*P values. A different objective unless ``importance_sample_ratio``
          is 0 (then an unbiased estimate of the full-resolution losses); spec §11 flags it as a deviation.
 
+Weak-shot terms (:mod:`.loss_terms`) are composed in through ``terms``: a term with ``per_layer`` True is
+called on every layer with its matches (``term(outputs, targets, indices)``, suffix ``_<i>`` like the rest),
+the others once on the final outputs (``term(outputs, targets)``), in the order given, after every layer's
+terms. :func:`~.build_criterion.build_criterion` assembles the criterion and its weights from the config.
+
 Numerics: the whole criterion (matcher included) runs in fp32 with autocast off, whatever the caller's
 autocast state. Host-device syncs: one copy of the matching costs of all layers and one of the targets'
 ``has_mask`` flags per call; selections of matched pairs are done on the host.
 """
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 import torch.distributed as dist
@@ -31,6 +36,7 @@ from .losses.point_sampling import point_sample, uncertain_point_coords
 
 __all__ = ["SetCriterion", "host_has_mask", "host_matched_pairs", "point_sampling_kwargs"]
 
+_TERM_NAMES = {"labels": ("loss_ce",), "masks": ("loss_focal", "loss_dice")}
 HOST_HAS_MASK = "has_mask_host"  # target key set by SetCriterion.forward: has_mask (T,) bool on the CPU
 
 
@@ -95,8 +101,13 @@ class SetCriterion(nn.Module):
         num_points: int = 0,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        terms: Sequence[nn.Module] = (),
     ):
         super().__init__()
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"SetCriterion: loss terms with the same name {names}")
+        self.terms = nn.ModuleDict({t.name: t for t in terms})
         self.num_classes = num_classes
         self.matcher = matcher
         self.eos_coef = eos_coef
@@ -178,6 +189,9 @@ class SetCriterion(nn.Module):
         losses = {}
         for name in self.losses:
             losses.update(getattr(self, f"loss_{name}")(outputs, targets, indices, num_masks))
+        for term in self.terms.values():
+            if term.per_layer:
+                losses.update(term(outputs, targets, indices))
         return losses
 
     def match_all_layers(self, layers: List[Dict], targets: List[Dict]):
@@ -200,4 +214,14 @@ class SetCriterion(nn.Module):
         losses = self._layer_losses(outputs, targets, num_masks, indices=all_indices[0])
         for i, (layer, indices) in enumerate(zip(aux, all_indices[1:])):
             losses.update({f"{k}_{i}": v for k, v in self._layer_losses(layer, targets, num_masks, indices=indices).items()})
+        for term in self.terms.values():
+            if not term.per_layer:
+                losses.update(term(outputs, targets))
         return losses
+
+    def loss_names(self, num_layers: int) -> List[str]:
+        """Every loss name ``forward`` returns for a decoder with ``num_layers`` supervised layers (the last
+        one plus ``num_layers - 1`` intermediate ones): the per-layer names with suffixes, then the rest."""
+        layer = [n for name in self.losses for n in _TERM_NAMES[name]] + [n for t in self.terms.values() if t.per_layer for n in t.loss_names]
+        names = layer + [f"{n}_{i}" for i in range(num_layers - 1) for n in layer]
+        return names + [n for t in self.terms.values() if not t.per_layer for n in t.loss_names]

@@ -16,7 +16,7 @@ from ssa_adapter.losses import downsample_labels
 
 from .losses.pixel_contrast import group_ranks, pixel_contrast_loss, ring_buffer_slots, sample_anchors
 
-__all__ = ["ProjectionHead", "PixelContrastMemory", "PixelContrast", "PROJECTIONS", "BASE_TEMPERATURE"]
+__all__ = ["ProjectionHead", "PixelContrastMemory", "PixelContrast", "PROJECTIONS", "BASE_TEMPERATURE", "build_pixel_contrast"]
 
 PROJECTIONS = ("convmlp", "linear")
 BASE_TEMPERATURE = 0.07  # official base_temperature: loss_scale = temperature / 0.07 (spec §C.9 Q6)
@@ -240,3 +240,33 @@ class PixelContrast(nn.Module):
                 self.memory.enqueue(flat, y)
             self.num_steps += 1
         return loss * active
+
+
+def build_pixel_contrast(cfg) -> PixelContrast:
+    """The training-only pixel contrast module of ``MODEL.SIMFORMER.PIXEL_CONTRAST`` (head on the mask features)."""
+    pc = cfg.MODEL.SIMFORMER.PIXEL_CONTRAST
+    num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if pc.PROJ_STRIDE < 4 or pc.PROJ_STRIDE % 4:
+        raise ValueError(f"MODEL.SIMFORMER.PIXEL_CONTRAST.PROJ_STRIDE must be a multiple of 4 (the mask-feature stride), got {pc.PROJ_STRIDE}")
+    memory = None
+    if pc.MEMORY.ENABLED:
+        m = pc.MEMORY
+        memory = PixelContrastMemory(num_classes, pc.PROJ_DIM, m.PIXEL_SIZE, m.REGION_SIZE, m.PIXELS_PER_IMAGE, m.STORE_FP16)
+    warmup = round(0.125 * cfg.SOLVER.MAX_ITER) if pc.WARMUP_ITERS < 0 else pc.WARMUP_ITERS
+    return PixelContrast(
+        cfg.MODEL.SEM_SEG_HEAD.MASK_DIM,
+        num_classes,
+        proj_dim=pc.PROJ_DIM,
+        proj=pc.PROJ,
+        norm=cfg.MODEL.SEM_SEG_HEAD.NORM,
+        pool=pc.PROJ_STRIDE // 4,
+        temperature=pc.TEMPERATURE,
+        loss_scale=None if pc.LOSS_SCALE < 0 else pc.LOSS_SCALE,
+        max_samples=pc.MAX_SAMPLES,
+        max_views=pc.MAX_VIEWS,
+        min_pixels=pc.MIN_PIXELS_PER_CLASS,
+        hard_anchors=pc.HARD_ANCHORS,
+        warmup_iters=warmup,
+        memory=memory,
+        memory_candidates=pc.MEMORY.CANDIDATES if memory is not None else 0,
+    )

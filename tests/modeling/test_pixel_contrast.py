@@ -19,7 +19,7 @@ from simformer.engine import build_optimizer
 from simformer.modeling.losses.pixel_contrast import group_ranks, pixel_contrast_loss, ring_buffer_slots, sample_anchors
 from simformer.modeling.matcher import HungarianMatcher
 from simformer.modeling.pixel_contrast_head import PixelContrast, PixelContrastMemory
-from simformer.modeling.simformer_criterion import SimFormerCriterion
+from simformer.modeling.loss_terms import PixelContrastLoss
 from tests.data.test_weakshot_training import CLASSES, NOVEL
 from tests.modeling.test_simformer_model import _cfg, data  # noqa: F401  (fixtures)
 
@@ -263,7 +263,7 @@ def test_memory_identical_across_two_processes(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ criterion / model
 def test_contrast_labels_use_base_classes_with_masks_only():
-    crit = SimFormerCriterion(5, HungarianMatcher(), 0.1, novel_class_ids=[2, 3], contrast_classes="base")
+    crit = PixelContrastLoss(PixelContrast(8, 5), 5, [2, 3], classes="base")
     raw = torch.tensor([[0, 1, 2, 3], [4, 255, 1, 0]])[:, None, :].expand(2, 2, 4)
     targets = [
         {"sem_seg_raw": raw[0], "labels": torch.tensor([0, 1, 2]), "has_mask": torch.tensor([True, True, False])},
@@ -271,7 +271,7 @@ def test_contrast_labels_use_base_classes_with_masks_only():
     ]
     # image 0: novel 2 and 3 never; image 1: class 1 and 0 have no mask target there
     assert crit.contrast_labels(targets)[:, 0].tolist() == [[0, 1, -1, -1], [4, -1, -1, -1]]
-    crit.contrast_classes = "labelled"  # retraining: novel classes with (pseudo-label) masks are used
+    crit.classes = "labelled"  # retraining: novel classes with (pseudo-label) masks are used
     targets[0]["has_mask"] = torch.tensor([True, True, True])
     assert crit.contrast_labels(targets)[:, 0].tolist() == [[0, 1, 2, -1], [4, -1, -1, -1]]
 
@@ -304,7 +304,7 @@ def test_training_in_the_full_model(data, name, variant):  # noqa: F811
     batches = [[mapper(dicts[(3 * it + k) % len(dicts)]) for k in range(3)] for it in range(3)]
     model = build_model(cfg)
     model.train()
-    pc = model.criterion.pixel_contrast
+    pc = model.criterion.terms["pixel_contrast"].contrast
     assert model.weight_dict["loss_pixel_contrast"] == pytest.approx(0.1)
     optimizer = build_optimizer(cfg, model)
     head_before = [p.detach().clone() for p in pc.head.parameters()]
@@ -320,10 +320,10 @@ def test_training_in_the_full_model(data, name, variant):  # noqa: F811
     assert values[0] == 0.0  # warm-up: x0 for the first iteration
     assert values[2] > 0  # the base halves give anchors; in memory mode, the memory is filled by then
     assert any(not torch.equal(a, b) for a, b in zip(head_before, pc.head.parameters()))
-    assert int(pc.num_steps) == len(batches) and "criterion.pixel_contrast.num_steps" in model.state_dict()
+    assert int(pc.num_steps) == len(batches) and "criterion.terms.pixel_contrast.contrast.num_steps" in model.state_dict()
     if variant == "memory":
         mem = pc.memory
-        assert "criterion.pixel_contrast.memory.pixel_queue" in model.state_dict()
+        assert "criterion.terms.pixel_contrast.contrast.memory.pixel_queue" in model.state_dict()
         # only base classes ever enter the memory (left 0, right 1, car 4; novel 2, 3 never)
         assert mem.pixel_filled[[2, 3]].tolist() == [0, 0] and mem.pixel_filled[[0, 1]].min() > 0
         assert mem.region_filled.tolist()[:2] == [3, 3]
@@ -361,4 +361,4 @@ def test_config_errors(data, name):  # noqa: F811
                          "MODEL.SIMFORMER.PIXEL_CONTRAST.MEMORY.REGION_SIZE", "0"))  # fmt: skip
     # off by default: no head, no loss term
     model = build_model(_cfg(name, "WeakShotDatasetMapper", "MODEL.SIMFORMER.COMP_LOSS_WEIGHT", "0.2"))
-    assert model.criterion.pixel_contrast is None and "loss_pixel_contrast" not in model.weight_dict
+    assert "pixel_contrast" not in model.criterion.terms and "loss_pixel_contrast" not in model.weight_dict

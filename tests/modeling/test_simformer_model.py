@@ -14,6 +14,9 @@ from simformer.data.datasets.weakshot import register_real_weakshot, register_si
 from simformer.engine import build_optimizer
 from simformer.modeling.matcher import HungarianMatcher
 from tests.data.test_weakshot_training import BASE_CONFIG, CLASSES, NOVEL, TINY, _write_dataset
+from tests.helpers import tiny_model
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "synthetic", "simformer")
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def test_crosim_training_any_number_of_pairs(data, name, pairs_per_batch):
     model = build_model(cfg)
     model.train()
     optimizer = build_optimizer(cfg, model)
-    simnet_before = [p.detach().clone() for p in model.criterion.simnet.parameters()]
+    simnet_before = [p.detach().clone() for p in model.criterion.terms["cross_image"].simnet.parameters()]
     for batch in batches:
         losses = model(batch)
         assert {"loss_comp", "loss_comp_0", "loss_cro_sim", "loss_cro_dit"} <= set(losses)
@@ -71,10 +74,10 @@ def test_crosim_training_any_number_of_pairs(data, name, pairs_per_batch):
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-    assert any(not torch.equal(a, b) for a, b in zip(simnet_before, model.criterion.simnet.parameters()))
-    assert int(model.criterion.balance.num_updates) == 1 + len(batches)
+    assert any(not torch.equal(a, b) for a, b in zip(simnet_before, model.criterion.terms["cross_image"].simnet.parameters()))
+    assert int(model.criterion.terms["cross_image"].balance.num_updates) == 1 + len(batches)
     # the balance statistics are model state: saved in the state dict
-    assert "criterion.balance.history" in model.state_dict()
+    assert "criterion.terms.cross_image.balance.history" in model.state_dict()
 
 
 def test_base_loss_detached_from_features(data, name):
@@ -87,7 +90,7 @@ def test_base_loss_detached_from_features(data, name):
     losses = model(batch)
     losses["loss_cro_sim"].backward()
     assert all(p.grad is None or not p.grad.any() for p in model.backbone.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.criterion.simnet.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.criterion.terms["cross_image"].simnet.parameters())
 
 
 def test_comp_loss_without_pairs(data, name):
@@ -140,15 +143,61 @@ def test_matcher_target_map_with_base_mask_empty_at_low_resolution():
 
 
 def test_class_presence_per_image():
-    from simformer.modeling.simformer_criterion import SimFormerCriterion
+    from simformer.modeling.loss_terms import class_presence
 
-    crit = SimFormerCriterion(6, HungarianMatcher(), 0.1)
     targets = [
         {"labels": torch.tensor([0, 2, 5]), "has_mask": torch.tensor([True, True, False])},
         {"labels": torch.zeros(0, dtype=torch.int64), "has_mask": torch.zeros(0, dtype=torch.bool)},
         {"labels": torch.tensor([1, 4]), "has_mask": torch.tensor([True, False])},
     ]
-    with_mask = crit._presence(targets, True, "cpu")
-    without = crit._presence(targets, False, "cpu")
+    with_mask = class_presence(targets, 6, True, "cpu")
+    without = class_presence(targets, 6, False, "cpu")
     assert with_mask.nonzero().tolist() == [[0, 0], [0, 2], [2, 1]]
     assert without.nonzero().tolist() == [[0, 5], [2, 4]]
+
+
+@pytest.mark.parametrize("config", ["seg.yaml", "seg_crosim.yaml", "seg_best.yaml", "oracle.yaml"])
+def test_build_criterion_weighs_every_loss_it_returns(config):
+    """build_criterion: the loss names the assembled criterion returns (per-layer terms with deep-supervision
+    suffixes, then the last-layer terms) are exactly the weighted names; terms of weight 0 are not built."""
+    from simformer.modeling.build_criterion import build_criterion
+    from simformer.tools.predict import build_cfg
+
+    cfg = build_cfg(os.path.join(CONFIG_DIR, config), [])
+    criterion, weights = build_criterion(cfg, weak_shot=True)
+    names = criterion.loss_names(cfg.MODEL.MASK_FORMER.DEC_LAYERS)
+    assert len(names) == len(set(names)) and set(names) == set(weights)
+    sf = cfg.MODEL.SIMFORMER
+    assert ("comp" in criterion.terms) == (sf.COMP_LOSS_WEIGHT != 0)
+    assert ("cross_image" in criterion.terms) == (sf.CROSS_IMG_SIM.BASE_WEIGHT != 0)
+    assert ("pixel_contrast" in criterion.terms) == (sf.PIXEL_CONTRAST.WEIGHT != 0)
+    if "comp" in criterion.terms:
+        assert weights["loss_comp"] == weights[f"loss_comp_{cfg.MODEL.MASK_FORMER.DEC_LAYERS - 2}"] == sf.COMP_LOSS_WEIGHT
+
+
+def test_checkpoints_with_the_old_criterion_keys_load(tmp_path):
+    """Checkpoints written when the criterion held SimNet / the pair balance / the pixel contrast itself
+    (``criterion.simnet.*`` ...) load into the terms that own them now."""
+    from detectron2.modeling import build_model
+
+    from simformer.engine.checkpoint import AtomicCheckpointer
+    from simformer.modeling.build_criterion import LEGACY_STATE_PREFIXES
+    from simformer.tools.predict import build_cfg
+
+    cfg = build_cfg(os.path.join(CONFIG_DIR, "seg_best.yaml"), tiny_model() + ["MODEL.SIMFORMER.CROSS_IMG_SIM.BASE_WEIGHT", "1.0", "INPUT.DATASET_MAPPER_NAME", "PairDatasetMapper", "MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    source = build_model(cfg)
+    old = {}
+    for key, value in source.state_dict().items():
+        for legacy, current in LEGACY_STATE_PREFIXES.items():
+            if key.startswith(current):
+                key = legacy + key[len(current):]
+        old[key] = value
+    assert any(k.startswith("criterion.simnet.") for k in old) and any(k.startswith("criterion.pixel_contrast.") for k in old)
+    torch.save({"model": old}, tmp_path / "old.pth")
+    torch.manual_seed(1)
+    target = build_model(cfg)
+    incompatible = AtomicCheckpointer(target)._load_model(AtomicCheckpointer(target)._load_file(str(tmp_path / "old.pth")))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    for key, value in source.state_dict().items():
+        assert torch.equal(target.state_dict()[key], value), key

@@ -191,13 +191,12 @@ def test_distillation_loss_only_pairs_sharing_a_novel_class():
 
 
 def test_criterion_complementary_loss_matches_a_per_image_reference():
-    """SimFormerCriterion.loss_complementary (host bookkeeping, cached regions) equals the loss built image
-    by image: image 0 has two novel-matched queries, image 1 none, image 2 one; padding is excluded."""
-    from simformer.modeling.matcher import HungarianMatcher
-    from simformer.modeling.simformer_criterion import SimFormerCriterion
+    """ComplementaryLoss (host bookkeeping, cached regions) equals the loss built image by image: image 0
+    has two novel-matched queries, image 1 none, image 2 one; padding is excluded."""
+    from simformer.modeling.loss_terms import ComplementaryLoss
 
     torch.manual_seed(0)
-    crit = SimFormerCriterion(4, HungarianMatcher(), 0.1, novel_class_ids=[3], comp_loss=True)
+    crit = ComplementaryLoss()
     h = w = 8
     pred = torch.randn(3, 5, 4, 4) * 3
     masks = torch.zeros(3, 3, h, w)
@@ -209,7 +208,7 @@ def test_criterion_complementary_loss_matches_a_per_image_reference():
         pad[:, -2:] = b == 2
         targets.append({"labels": torch.tensor([0, 3, 3]), "masks": masks[b], "has_mask": has_mask[b], "pad": pad})
     indices = [(torch.tensor([4, 1, 2]), torch.tensor([0, 1, 2])), (torch.tensor([0]), torch.tensor([1])), (torch.tensor([3, 0]), torch.tensor([1, 0]))]
-    got = crit.loss_complementary({"pred_masks": pred}, targets, indices)["loss_comp"]
+    got = crit({"pred_masks": pred}, targets, indices)["loss_comp"]
     up = torch.nn.functional.interpolate(pred, size=(h, w), mode="bilinear", align_corners=False)
     regions, goals = [], []
     for b, queries in ((0, [1, 2]), (2, [3])):
@@ -218,4 +217,4 @@ def test_criterion_complementary_loss_matches_a_per_image_reference():
     want = complementary_loss(torch.stack(regions), torch.stack(goals))
     assert torch.allclose(got, want, rtol=1e-5), (got, want)
     # a second layer reuses the cached not-base regions and gives the same value for the same logits
-    assert torch.allclose(crit.loss_complementary({"pred_masks": pred}, targets, indices)["loss_comp"], want, rtol=1e-5)
+    assert torch.allclose(crit({"pred_masks": pred}, targets, indices)["loss_comp"], want, rtol=1e-5)
