@@ -22,7 +22,7 @@ from .checkpoint import AtomicCheckpointer
 from .trainer import Trainer
 from .visualize import write_overlays
 
-__all__ = ["setup", "main", "run"]
+__all__ = ["setup", "main", "run", "check_datasets_fit_config"]
 
 
 def setup(args):
@@ -35,8 +35,23 @@ def setup(args):
     return cfg
 
 
+def check_datasets_fit_config(cfg) -> None:
+    """Every registered dataset of ``DATASETS.TRAIN`` / ``TEST`` with a class list must have
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` classes (else training learns nonsense and mIoU comes out 0 or NaN)."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    registered = set(DatasetCatalog.list())
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        classes = MetadataCatalog.get(name).get("stuff_classes", None) if name in registered else None
+        if classes is not None and len(classes) != k:
+            raise ValueError(f"dataset '{name}' has {len(classes)} classes ({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''}) "
+                             f"but MODEL.SEM_SEG_HEAD.NUM_CLASSES is {k}: set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}")  # fmt: skip
+
+
 def main(args):
     cfg = setup(args)
+    check_datasets_fit_config(cfg)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         # strict: every tensor must fit (weights for another NUM_CLASSES are an error, not skipped)

@@ -211,7 +211,7 @@ def test_real_image_without_label_file(data, name):
         ("t.json", "[1, 2]", ValueError, "expected a JSON object"),
         ("t.json", '{"a": "giraffe"}', ValueError, "image 'a' must be a list of class names"),
         ("t.json", "{oops", ValueError, "invalid JSON"),
-        ("t.csv", "name,tags\na,giraffe\n", ValueError, "columns 'image' and 'classes'"),
+        ("t.csv", "name,tags\na,giraffe\n", ValueError, "a column 'image' and either 'classes' or one column per class"),
         ("t.csv", "image,classes\na,giraffe\na,zebra\n", ValueError, "line 3: image 'a' already listed on line 2"),
         ("t.csv", "", ValueError, "empty"),
         ("t.txt", "a giraffe", ValueError, "expected a .json or .csv"),

@@ -8,6 +8,7 @@
 from . import folder, synthetic  # noqa: F401
 from . import builtin, weakshot  # noqa: F401
 from . import synthetic_shared  # noqa: F401
+from .coco_json import register_coco_weakshot  # noqa: F401
 from .weakshot import register_real_weakshot, register_simulated_weakshot  # noqa: F401
 from .folder import load_sem_seg_folder, register_sem_seg_folder  # noqa: F401
 from .synthetic import (  # noqa: F401

@@ -11,6 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from ..image_io import IMAGE_EXTENSIONS
+from ..label_formats import convert_label_folder, default_cache_dir
 
 __all__ = ["IMAGE_EXTENSIONS", "load_sem_seg_folder", "register_sem_seg_folder", "default_class_colors"]
 
@@ -150,9 +151,17 @@ def register_sem_seg_folder(
     colors=None,
     evaluator_type="sem_seg",
     prepare=None,
+    label_mapping=None,
+    label_cache_dir=None,
     **extra_metadata,
 ):
     """Register ``name`` in ``DatasetCatalog`` / ``MetadataCatalog`` for a folder of images + label PNGs.
+
+    ``label_mapping`` (:class:`~simformer.data.label_formats.LabelMapping`): the label files hold other
+    values than train ids (non-contiguous ids, RGB palette colours, 0/255 masks); they are converted once,
+    when the dataset is first loaded, into train-id PNGs in ``label_cache_dir`` (default
+    ``<label_root>_trainids-<hash>``), which the dataset then reads (``sem_seg_root``); an unchanged source
+    is not converted again. The mapping's ``num_classes`` must equal ``len(class_names)``.
 
     Metadata: ``stuff_classes``, ``stuff_colors`` (``colors`` or distinct defaults), ``ignore_label``,
     ``evaluator_type``, ``image_root``, ``sem_seg_root`` and every ``extra_metadata`` item (for example
@@ -168,6 +177,21 @@ def register_sem_seg_folder(
     label_root = os.path.abspath(os.path.expanduser(label_root))
     image_ext = None if image_ext is None else _norm_ext(image_ext, "image_ext")
     label_ext = _norm_ext(label_ext, "label_ext")
+    spec_prepare = prepare  # what makes a re-registration equal (not the conversion closure below)
+    if label_mapping is not None:
+        if label_mapping.num_classes != len(class_names) or label_mapping.ignore_label != ignore_label:
+            raise ValueError(f"register_sem_seg_folder('{name}'): the label mapping is for {label_mapping.num_classes} classes / ignore {label_mapping.ignore_label}, "
+                             f"the dataset has {len(class_names)} classes / ignore {ignore_label}")  # fmt: skip
+        source_root, source_ext = label_root, label_ext
+        label_root = os.path.abspath(label_cache_dir) if label_cache_dir else default_cache_dir(source_root, label_mapping)
+        label_ext = ".png"
+        extra_metadata = dict(extra_metadata, label_source_root=source_root, label_mapping=label_mapping.fingerprint())
+        user_prepare = prepare
+
+        def prepare():
+            if user_prepare is not None:
+                user_prepare()
+            convert_label_folder(source_root, label_mapping, label_root, source_ext, log=logger.info)
     metadata = dict(
         stuff_classes=class_names,
         stuff_colors=colors,
@@ -177,7 +201,7 @@ def register_sem_seg_folder(
         sem_seg_root=label_root,
         **extra_metadata,
     )
-    spec = dict(metadata, image_ext=image_ext, label_ext=label_ext, prepare=prepare)
+    spec = dict(metadata, image_ext=image_ext, label_ext=label_ext, prepare=spec_prepare)
 
     if name in DatasetCatalog.list():
         old = _SPECS.get(name)

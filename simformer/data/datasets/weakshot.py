@@ -9,10 +9,13 @@ classes only image-level labels. Both kinds feed the same mappers (``WeakShotDat
 * :func:`register_real_weakshot` -- label PNGs with base classes only (novel pixels already = ignore)
   and a tags file listing each image's novel classes::
 
-      JSON  {"<image stem>": ["giraffe", "zebra"], "<stem>": [], ...}
-      CSV   image,classes                 (header required; classes separated by ';')
-            000012,giraffe;zebra
-            000013,
+      JSON     {"<image stem>": ["giraffe", "zebra"], "<stem>": [], ...}
+      JSON     {"<image stem>": {"giraffe": 0.93, "zebra": 0.12}, ...}     (scores: tags >= threshold)
+      CSV      image,classes                 (header required; classes separated by ';')
+               000012,giraffe;zebra          (or giraffe:0.93;zebra:0.12 with scores)
+               000013,
+      one-hot  image,giraffe,zebra,...       (what labelling tools export: one column per class,
+               000012,1,0                     0/1 or a score; a tag when >= threshold)
 
   Keys are image stems (a file name with an image extension is accepted too); an image the file does
   not mention has no novel class. ``novel_classes`` defaults to every class the tags mention.
@@ -122,7 +125,17 @@ def _image_stem(key):
     return stem if ext.lower() in IMAGE_EXTENSIONS else base
 
 
-def _read_json_tags(path):
+def _score(value, where):
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a number (0/1 or a score), got {value!r}") from None
+    if not np.isfinite(score):
+        raise ValueError(f"{where}: expected a finite score, got {value!r}")
+    return score
+
+
+def _read_json_tags(path, threshold):
     with open(path) as f:
         try:
             data = json.load(f)
@@ -132,8 +145,10 @@ def _read_json_tags(path):
         raise ValueError(f"tags file '{path}': expected a JSON object {{\"<image stem>\": [class names]}}, got {type(data).__name__}")
     tags = {}
     for key, names in data.items():
+        if isinstance(names, dict):  # {class: score}
+            names = [n for n, v in names.items() if _score(v, f"tags file '{path}', image '{key}', class '{n}'") >= threshold]
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"tags file '{path}': value of image '{key}' must be a list of class names, got {names!r}")
+            raise ValueError(f"tags file '{path}': value of image '{key}' must be a list of class names or {{class: score}}, got {names!r}")
         stem = _image_stem(key)
         if stem in tags:
             raise ValueError(f"tags file '{path}': image '{stem}' is listed more than once")
@@ -141,14 +156,28 @@ def _read_json_tags(path):
     return tags
 
 
-def _read_csv_tags(path):
+def _csv_entry(entry, threshold, where):
+    """``"giraffe"`` -> tag; ``"giraffe:0.9"`` -> tag when 0.9 >= threshold."""
+    name, sep, value = entry.rpartition(":")
+    try:
+        score = float(value) if sep else None
+    except ValueError:  # a colon inside a class name, no score
+        score = None
+    if score is None:
+        return entry
+    return name.strip() if _score(score, f"{where}, '{entry}'") >= threshold else None
+
+
+def _read_csv_tags(path, threshold):
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
-        raise ValueError(f"tags file '{path}': empty; expected a header 'image,classes'")
+        raise ValueError(f"tags file '{path}': empty; expected a header 'image,classes' or 'image,<class>,<class>,...'")
     header = [h.strip().lower() for h in rows[0]]
-    if "image" not in header or "classes" not in header:
-        raise ValueError(f"tags file '{path}': header must have columns 'image' and 'classes', got {rows[0]}")
+    if "image" not in header:
+        raise ValueError(f"tags file '{path}': header must have a column 'image' and either 'classes' or one column per class, got {rows[0]}")
+    if "classes" not in header:
+        return _read_one_hot_tags(path, rows, threshold)
     col_image, col_classes = header.index("image"), header.index("classes")
     tags, line_of = {}, {}
     for line, row in enumerate(rows[1:], start=2):
@@ -162,22 +191,55 @@ def _read_csv_tags(path):
         if stem in tags:
             raise ValueError(f"tags file '{path}', line {line}: image '{stem}' already listed on line {line_of[stem]}")
         cell = row[col_classes] if col_classes < len(row) else ""
-        tags[stem] = [n.strip() for n in cell.split(";") if n.strip()]
+        entries = [_csv_entry(n.strip(), threshold, f"tags file '{path}', line {line}") for n in cell.split(";") if n.strip()]
+        tags[stem] = [n for n in entries if n]
         line_of[stem] = line
     return tags
 
 
-def read_tags_file(path):
-    """``{image stem: [class name, ...]}`` from a ``.json`` or ``.csv`` tags file (format in the module doc)."""
+def _read_one_hot_tags(path, rows, threshold):
+    """One column per class (``image,giraffe,zebra``), 0/1 or scores per image."""
+    header = [h.strip() for h in rows[0]]
+    col_image = [h.lower() for h in header].index("image")
+    classes = [(i, h) for i, h in enumerate(header) if i != col_image]
+    if not classes or any(not h for _, h in classes):
+        raise ValueError(f"tags file '{path}': a one-hot header needs a non-empty class name in every column besides 'image', got {rows[0]}")
+    tags, line_of = {}, {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"tags file '{path}', line {line}: expected {len(header)} columns {header}, got {len(row)}")
+        stem = _image_stem(row[col_image])
+        if not stem:
+            raise ValueError(f"tags file '{path}', line {line}: empty image name")
+        if stem in tags:
+            raise ValueError(f"tags file '{path}', line {line}: image '{stem}' already listed on line {line_of[stem]}")
+        tags[stem] = [name for i, name in classes if row[i].strip() and _score(row[i].strip(), f"tags file '{path}', line {line}, column '{name}'") >= threshold]
+        line_of[stem] = line
+    return tags
+
+
+def read_tags_file(path, threshold=0.5, aliases=None):
+    """``{image stem: [class name, ...]}`` from a ``.json`` or ``.csv`` tags file (formats in the module doc).
+
+    ``threshold``: a class with a score (one-hot column, ``name:score``, ``{name: score}``) is a tag when its
+    score is >= threshold (0/1 one-hot values: 1 is a tag). ``aliases``: ``{name in the file: class name}``
+    (e.g. ``{"Giraffe": "giraffe", "person": "people"}``), applied before the names are checked."""
     path = os.path.abspath(os.path.expanduser(str(path)))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tags file '{path}' does not exist")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".json":
-        return _read_json_tags(path)
-    if ext == ".csv":
-        return _read_csv_tags(path)
-    raise ValueError(f"tags file '{path}': unknown format '{ext}'; expected a .json or .csv file")
+        tags = _read_json_tags(path, threshold)
+    elif ext == ".csv":
+        tags = _read_csv_tags(path, threshold)
+    else:
+        raise ValueError(f"tags file '{path}': unknown format '{ext}'; expected a .json or .csv file")
+    if aliases:
+        aliases = {str(k): str(v) for k, v in aliases.items()}
+        tags = {stem: list(dict.fromkeys(aliases.get(n, n) for n in names)) for stem, names in tags.items()}
+    return tags
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,6 +343,8 @@ def _register(
     colors=None,
     evaluator_type="sem_seg",
     prepare=None,
+    label_mapping=None,
+    label_cache_dir=None,
     extra_metadata=None,
 ):
     """register_sem_seg_folder (validation, metadata, lazy folder loader) wrapped by :class:`_WeakShotLoader`."""
@@ -299,6 +363,8 @@ def _register(
         colors=colors,
         evaluator_type=evaluator_type,
         prepare=prepare,
+        label_mapping=label_mapping,
+        label_cache_dir=label_cache_dir,
         **extra_metadata,
     )
     registered = DatasetCatalog[name]
@@ -351,13 +417,16 @@ def register_simulated_weakshot(
     evaluator_type="sem_seg",
     prepare=None,
     exclude_stems=(),
+    label_mapping=None,
+    label_cache_dir=None,
     **extra_metadata,
 ):
     """Register ``name``: full pixel labels, with ``novel_classes`` (names or ids) treated as weak-shot.
 
     The label PNGs hold every class; ``WeakShotDatasetMapper`` hides the novel pixels. The loader adds
     ``novel_tags`` (novel classes in the full-image label) to each dict. ``exclude_stems``: images to
-    drop. Other arguments as :func:`~simformer.data.datasets.folder.register_sem_seg_folder`; extra
+    drop. Other arguments (``label_mapping`` for label files that are not train ids, ...) as
+    :func:`~simformer.data.datasets.folder.register_sem_seg_folder`; extra
     keyword arguments become metadata (e.g. ``split_name``). Returns the ``Metadata``.
     """
     where = f"register_simulated_weakshot('{name}')"
@@ -380,6 +449,8 @@ def register_simulated_weakshot(
         colors=colors,
         evaluator_type=evaluator_type,
         prepare=prepare,
+        label_mapping=label_mapping,
+        label_cache_dir=label_cache_dir,
         extra_metadata=extra_metadata,
     )
 
@@ -399,6 +470,10 @@ def register_real_weakshot(
     evaluator_type="sem_seg",
     prepare=None,
     exclude_stems=(),
+    label_mapping=None,
+    label_cache_dir=None,
+    tag_threshold=0.5,
+    tag_aliases=None,
     **extra_metadata,
 ):
     """Register ``name``: base-only label PNGs (novel pixels = ``ignore_label``) + image-level novel tags.
@@ -407,14 +482,15 @@ def register_real_weakshot(
     (names or ids) defaults to every class it mentions; every tag must name a class of ``class_names``
     that is novel. At load time, tags for an image that is not in ``image_root`` are an error, and each
     dict gets ``novel_tags`` from the file (empty for images it does not list). The mapper rejects a
-    label PNG that contains novel pixels. Other arguments as :func:`register_simulated_weakshot`.
+    label PNG that contains novel pixels. ``tag_threshold`` / ``tag_aliases``: scores and other class
+    names in the tags file (:func:`read_tags_file`). Other arguments as :func:`register_simulated_weakshot`.
     """
     where = f"register_real_weakshot('{name}')"
     class_names = _class_list(where, class_names)
     _check_extra(where, extra_metadata)
     tags_file = os.path.abspath(os.path.expanduser(str(tags_file)))
     try:
-        raw_tags = read_tags_file(tags_file)
+        raw_tags = read_tags_file(tags_file, threshold=tag_threshold, aliases=tag_aliases)
     except (FileNotFoundError, ValueError) as e:
         raise type(e)(f"{where}: {e}") from e
     tag_ids = {stem: resolve_class_ids(names, class_names, f"{where}: tags file '{tags_file}', image '{stem}'") for stem, names in raw_tags.items()}
@@ -450,5 +526,7 @@ def register_real_weakshot(
         colors=colors,
         evaluator_type=evaluator_type,
         prepare=prepare,
+        label_mapping=label_mapping,
+        label_cache_dir=label_cache_dir,
         extra_metadata=extra_metadata,
     )
