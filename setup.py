@@ -40,6 +40,7 @@ setup(
             "simformer-plot=simformer.tools.plot:main",
             "simformer-convert-weights=simformer.tools.convert_weights:main",
             "simformer-export=simformer.tools.export:main",
+            "simformer-tags=simformer.tools.tags:main",
         ],
     },
 )
