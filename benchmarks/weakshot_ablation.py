@@ -15,10 +15,15 @@ Rows (one model and schedule for all: configs/synthetic/simformer/Base-simformer
   crosim        + pixel-pixel similarity transfer                                 seg_crosim.yaml
   ssa           seg + SSA as the pixel classification layer (SSA's map)           seg_ssa.yaml
   ssa_long      seg_ssa for 1,500 iterations (the main job's compute)             seg_ssa_long.yaml
+  tags_drop10   seg with 10 % of the novel tags dropped (INPUT.WEAKSHOT.TAG_NOISE) seg_tags_drop10.yaml
+  tags_drop30   seg with 30 % of the novel tags dropped                          seg_tags_drop30.yaml
+  tags_add10    seg with a spurious novel tag on 10 % of the images              seg_tags_add10.yaml
   seg_retrain   seg -> pseudo-labels -> retraining from scratch (the paper)       retraining.yaml
   crosim_retrain  crosim -> pseudo-labels -> retraining from scratch              retraining.yaml
   seg_warm      seg -> pseudo-labels -> retraining started from stage 1's weights
   crosim_warm   crosim -> pseudo-labels -> retraining started from stage 1's weights
+  ssa_warm      ssa -> pseudo-labels -> retraining started from stage 1's weights (the main job)
+  ssa_warm_tta  as ssa_warm with flip + 3-scale test-time augmented pseudo-labels
 
 `--jobs` runs go side by side, each with cores / jobs threads (OMP_NUM_THREADS; OMP_WAIT_POLICY=PASSIVE).
 Every run folder records its inputs (``stage.json``, as the pipeline does): re-running the command skips
@@ -71,6 +76,9 @@ ROWS = {
     "crosim": ("+ pixel-pixel transfer (seg_crosim)", "seg_crosim.yaml", 1),
     "ssa": ("seg + SSA pixel layer (seg_ssa)", "seg_ssa.yaml", 1),
     "ssa_long": ("seg_ssa, 1,500 iterations (the compute of the main job)", "seg_ssa_long.yaml", 1),
+    "tags_drop10": ("seg, 10 % of the novel tags dropped", "seg_tags_drop10.yaml", 1),
+    "tags_drop30": ("seg, 30 % of the novel tags dropped", "seg_tags_drop30.yaml", 1),
+    "tags_add10": ("seg, a spurious novel tag on 10 % of the images", "seg_tags_add10.yaml", 1),
     "seg_retrain": ("seg -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
     "crosim_retrain": ("seg_crosim -> pseudo-labels -> retraining (scratch)", "retraining.yaml", 2),
     "ssa_retrain": ("seg_ssa -> pseudo-labels -> retraining (scratch)", "retraining_ssa.yaml", 2),
@@ -90,7 +98,8 @@ PSEUDO_LABEL_OPTS = {"ssa_warm_tta": ["TEST.AUG.PSEUDO_LABELS", "True", "TEST.AU
 STAGE1_ROWS = {s for s, _ in PIPELINES.values()}  # trained once in pipeline_<row>/, shared by the pipelines
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
-            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "ssa_warm_tta": "ssa_warm", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "ssa_long": "ssa"}  # fmt: skip
+            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "ssa_warm_tta": "ssa_warm", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "ssa_long": "ssa",
+            "tags_drop10": "seg", "tags_drop30": "seg", "tags_add10": "seg"}  # fmt: skip
 DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
 
 

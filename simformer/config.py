@@ -41,6 +41,13 @@ def add_simformer_config(cfg):
     cfg.INPUT.WEAKSHOT.PAIR_TYPE = "Deconf0.01"
     # Folder for the cached partner table ("" = <folder of the first label file>/../pair_cache).
     cfg.INPUT.WEAKSHOT.PAIR_CACHE_DIR = ""
+    # Deterministic noise on the image-level tags (simformer/data/tag_noise.py; IMAGE_LEVEL_LABELS "image"):
+    # each true novel tag is dropped with probability DROP, one spurious novel tag is added with probability
+    # ADD; a function of (SEED, image id), the same in every epoch. 0 / 0 = the dataset's tags.
+    cfg.INPUT.WEAKSHOT.TAG_NOISE = CN()
+    cfg.INPUT.WEAKSHOT.TAG_NOISE.DROP = 0.0
+    cfg.INPUT.WEAKSHOT.TAG_NOISE.ADD = 0.0
+    cfg.INPUT.WEAKSHOT.TAG_NOISE.SEED = 0
 
     # ---------------------------------------------------------------- optimiser / schedule
     # "ADAMW" or "SGD".

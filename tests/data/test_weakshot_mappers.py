@@ -326,3 +326,39 @@ def test_batches_of_three_pairs(pair_data, names):
             assert x["image"].shape == (3, 8, 8) and inst.gt_masks.shape[1:] == (8, 8)
             assert len(inst.gt_classes) == len(inst.gt_has_mask) == len(inst.gt_masks)
             assert not inst.gt_masks[~inst.gt_has_mask].any()
+
+
+def test_tag_noise_is_deterministic_nested_and_at_its_rates():
+    from simformer.data.tag_noise import noisy_tags
+
+    novel = [2, 3, 5]
+    images = [(f"img{i}", [2, 3] if i % 2 else [5]) for i in range(4000)]
+    again = [noisy_tags(t, novel, k, 0.3, 0.1, seed=7) for k, t in images]
+    assert again == [noisy_tags(t, novel, k, 0.3, 0.1, seed=7) for k, t in images]  # a function of (seed, image)
+    assert again != [noisy_tags(t, novel, k, 0.3, 0.1, seed=8) for k, t in images]
+    true = sum(len(t) for _, t in images)
+    for drop in (0.1, 0.3):
+        noisy = [noisy_tags(t, novel, k, drop, 0.0, seed=7) for k, t in images]
+        kept = sum(len(n) for n in noisy)
+        assert abs(1 - kept / true - drop) < 0.02 and all(set(n) <= set(t) for n, (_, t) in zip(noisy, images))
+        if drop == 0.1:
+            light = noisy
+    heavy = [noisy_tags(t, novel, k, 0.3, 0.0, seed=7) for k, t in images]
+    assert all(set(h) <= set(lt) for h, lt in zip(heavy, light))  # the 30 % dropped include the 10 %
+    added = [noisy_tags(t, novel, k, 0.0, 0.1, seed=7) for k, t in images]
+    spurious = [set(a) - set(t) for a, (_, t) in zip(added, images)]
+    assert abs(sum(len(s) > 0 for s in spurious) / len(images) - 0.1) < 0.02 and all(len(s) <= 1 and s <= set(novel) for s in spurious)
+    assert noisy_tags([2], novel, "x", 0.0, 0.0) == [2]
+    with pytest.raises(ValueError, match="TAG_NOISE"):
+        noisy_tags([2], novel, "x", 1.5, 0.0)
+
+
+def test_mapper_applies_tag_noise(tiny):
+    from simformer.data.tag_noise import noisy_tags
+
+    assert _targets(_mapper(tag_noise=(1.0, 0.0, 0))(_dict(tiny)))[:2] == ([0, 4], [True, True])  # every tag dropped
+    out = _mapper(tag_noise=(0.5, 0.0, 3))(_dict(tiny))
+    want = noisy_tags([2, 3], NOVEL, "a", 0.5, 0.0, 3)
+    assert _targets(out)[0] == [0, 4] + want
+    with pytest.raises(ValueError, match="TAG_NOISE"):
+        _mapper(tag_noise=(0.1, 0.0, 0), image_level_labels="crop")

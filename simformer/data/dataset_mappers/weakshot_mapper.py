@@ -10,6 +10,7 @@ from detectron2.structures import Instances
 
 from ...evaluation.pseudo_labels import pseudo_label_path
 from ..datasets.weakshot import WEAKSHOT_TYPES
+from ..tag_noise import noisy_tags
 from .build import MAPPER_REGISTRY
 from .sem_seg_mapper import SemSegDatasetMapper
 
@@ -52,6 +53,7 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
         image_level_labels="image",
         novel_has_mask=False,
         pseudo_label_dir="",
+        tag_noise=(0.0, 0.0, 0),
         **kwargs,
     ):
         super().__init__(is_train, **kwargs)
@@ -75,6 +77,9 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
         if novel_has_mask and not pseudo_label_dir:
             logger.warning("INPUT.WEAKSHOT.NOVEL_HAS_MASK=True without pseudo-labels: training on the ground-truth novel masks (an oracle)")
         self.novel_class_ids = novel
+        self.tag_noise = tuple(tag_noise)  # (drop, add, seed) of simformer.data.tag_noise.noisy_tags
+        if any(self.tag_noise[:2]) and image_level_labels != "image":
+            raise ValueError(f"INPUT.WEAKSHOT.TAG_NOISE applies to image-level tags (IMAGE_LEVEL_LABELS 'image'), got {image_level_labels!r}")
         self.weakshot_type = weakshot_type
         self.image_level_labels = image_level_labels
         self.novel_has_mask = bool(novel_has_mask)
@@ -109,6 +114,7 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
             image_level_labels=ws.IMAGE_LEVEL_LABELS,
             novel_has_mask=ws.NOVEL_HAS_MASK,
             pseudo_label_dir=ws.PSEUDO_LABEL_DIR,
+            tag_noise=(ws.TAG_NOISE.DROP, ws.TAG_NOISE.ADD, ws.TAG_NOISE.SEED),
         )
         return ret
 
@@ -150,7 +156,11 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
                 f"{dataset_dict['file_name']}: dataset dict has no 'novel_tags' (needed with INPUT.WEAKSHOT.IMAGE_LEVEL_LABELS="
                 "'image'); register the dataset with register_simulated_weakshot / register_real_weakshot"
             )
-        tags = torch.as_tensor(sorted(set(dataset_dict["novel_tags"])), dtype=torch.int64)
+        tags = sorted(set(dataset_dict["novel_tags"]))
+        if any(self.tag_noise[:2]):
+            key = dataset_dict.get("image_id", dataset_dict["file_name"])
+            tags = noisy_tags(tags, self.novel_class_ids, key, *self.tag_noise)
+        tags = torch.as_tensor(tags, dtype=torch.int64)
         if tags.numel() and (tags.min() < 0 or tags.max() >= self.num_classes or not bool(self._is_novel[tags].all())):
             raise ValueError(f"{dataset_dict['file_name']}: novel_tags {tags.tolist()} are not all novel class ids {self.novel_class_ids}")
         return tags
