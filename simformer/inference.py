@@ -2,7 +2,7 @@
 import torch
 from torch.nn import functional as F
 
-__all__ = ["semantic_inference", "postprocess_sem_seg"]
+__all__ = ["semantic_inference", "upsampled_semantic_inference", "postprocess_sem_seg"]
 
 
 def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, inplace: bool = False) -> torch.Tensor:
@@ -21,6 +21,39 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, inplace:
     if mask_cls.dim() == 2:
         return torch.einsum("qc,qhw->chw", prob, masks)
     return torch.einsum("bqc,bqhw->bchw", prob, masks)
+
+
+def upsampled_semantic_inference(mask_cls: torch.Tensor, mask_logits: torch.Tensor, size, band_elements: int = 1 << 22) -> torch.Tensor:
+    """:func:`semantic_inference` of the mask logits bilinearly upsampled to ``size`` (what inference needs),
+    without holding every upsampled mask: the output is made in bands of rows; for each band the masks
+    are resampled at exactly the points ``F.interpolate(..., mode="bilinear", align_corners=False)`` would
+    use (``grid_sample`` with border clamping), passed through the sigmoid and summed over queries in one
+    matrix product. Peak memory K*H*W plus one band (about ``band_elements`` mask values) instead of
+    (K + Q)*H*W, and one pass over the output. Equal to upsample-then-sum up to float rounding.
+
+    Args:
+        mask_cls: (B, Q, K+1) class logits; mask_logits: (B, Q, h, w) mask logits; size: (H, W).
+    Returns:
+        (B, K, H, W) float32 scores.
+    """
+    prob_t = F.softmax(mask_cls.float(), dim=-1)[..., :-1].transpose(1, 2)  # (B, K, Q)
+    masks = mask_logits.float()
+    b, k, q = prob_t.shape
+    h, w = masks.shape[-2:]
+    out_h, out_w = int(size[0]), int(size[1])
+    scores = prob_t.new_empty((b, k, out_h, out_w))
+    device = masks.device
+    # source coordinates of interpolate(align_corners=False), then grid_sample's normalisation of them
+    xs = ((torch.arange(out_w, device=device, dtype=torch.float32) + 0.5) * (w / out_w) - 0.5).clamp(min=0)
+    ys = ((torch.arange(out_h, device=device, dtype=torch.float32) + 0.5) * (h / out_h) - 0.5).clamp(min=0)
+    gx, gy = (2 * xs + 1) / w - 1, (2 * ys + 1) / h - 1
+    rows = max(1, min(out_h, band_elements // max(1, q * out_w)))
+    for r0 in range(0, out_h, rows):
+        band_y = gy[r0 : r0 + rows]
+        grid = torch.stack((gx.expand(len(band_y), out_w), band_y[:, None].expand(len(band_y), out_w)), dim=-1)
+        up = F.grid_sample(masks, grid[None].expand(b, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False).sigmoid_()
+        scores[:, :, r0 : r0 + rows] = torch.bmm(prob_t, up.flatten(2)).view(b, k, len(band_y), out_w)
+    return scores
 
 
 def postprocess_sem_seg(result: torch.Tensor, image_size, output_height: int, output_width: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import torch
+import pytest
 
 from simformer.inference import postprocess_sem_seg, semantic_inference
 
@@ -44,3 +45,18 @@ def test_semantic_inference_in_place_equals_copy():
     half = masks.half()
     semantic_inference(cls, half, inplace=True)
     assert torch.equal(half, masks.half())  # not float32: never modified
+
+
+@pytest.mark.parametrize("size, band", [((20, 36), 1 << 22), ((20, 36), 7 * 36), ((3, 4), 1), ((5, 9), 10)])
+def test_upsampled_semantic_inference_equals_upsample_then_sum(size, band):
+    """Banded resampling + one matrix product per band = upsampling every mask first (up to float
+    rounding), for upsampling, the identity size and downsampling, with bands of one or several rows."""
+    from torch.nn import functional as F
+
+    from simformer.inference import semantic_inference, upsampled_semantic_inference
+
+    g = torch.Generator().manual_seed(0)
+    cls, masks = torch.randn(2, 7, 6, generator=g), torch.randn(2, 7, 5, 9, generator=g) * 3
+    want = semantic_inference(cls, F.interpolate(masks, size=size, mode="bilinear", align_corners=False))
+    got = upsampled_semantic_inference(cls, masks, size, band_elements=band)
+    assert got.shape == (2, 5, *size) and torch.allclose(got, want, atol=1e-6, rtol=1e-5)
