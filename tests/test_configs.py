@@ -71,3 +71,40 @@ def test_renamed_keys_of_old_configs_are_read_under_their_new_names(tmp_path, ca
     assert len(warnings) == len(RENAMED_KEYS) and all(any(k in w for w in warnings) for k in RENAMED_KEYS)
     # a user's old file on top of a shipped base that sets the new name: the user's value wins
     assert cfg.INPUT.PAD_TO_SIZE == 64
+
+
+def _flat(d, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, prefix + k + ".")
+        else:
+            yield prefix + k, v
+
+
+def _norm(v):
+    return tuple(_norm(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)), ids=lambda p: os.path.relpath(p, ROOT))
+def test_config_sets_only_what_differs_from_its_base(path):
+    """No key restates the value its _BASE_ (or the defaults) already gives: a diff between two configs
+    is the experiment."""
+    import yaml
+
+    raw = yaml.safe_load(open(path)) or {}
+    base = raw.pop("_BASE_", None)
+    cfg = get_cfg()
+    add_simformer_config(cfg)
+    if base:
+        cfg.merge_from_file(os.path.join(os.path.dirname(path), base))
+    restated = []
+    for key, value in _flat(raw):
+        node = cfg
+        try:
+            for part in key.split("."):
+                node = node[part]
+        except KeyError:
+            continue
+        if key != "OUTPUT_DIR" and _norm(node) == _norm(value):
+            restated.append(f"{key}: {value!r}")
+    assert not restated, f"{os.path.relpath(path, ROOT)} restates its base: {restated}"
