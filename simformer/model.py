@@ -22,8 +22,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone, build_sem_se
 from detectron2.modeling.backbone import Backbone
 from detectron2.structures import ImageList
 from torch import nn
+from torch.nn import functional as F
 
-from .inference import postprocess_sem_seg, upsampled_semantic_inference
+from .inference import postprocess_sem_seg, semantic_inference, upsampled_semantic_inference
 from .modeling.build_criterion import build_criterion
 from .modeling.pixel_classification import SEMANTIC_MAPS, fuse_semantic_maps, label_map_from_targets, novel_tag_region, pixel_class_scores
 
@@ -146,7 +147,11 @@ class MaskFormer(nn.Module):
         """
         if self.semantic_map == "pixel":
             return pixel_class_scores(outputs["pixel_logits"], size)
-        scores = upsampled_semantic_inference(outputs["pred_logits"], outputs["pred_masks"], size)
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():  # export: the size-generic formula
+            mask_pred = F.interpolate(outputs["pred_masks"], size=size, mode="bilinear", align_corners=False)
+            scores = semantic_inference(outputs["pred_logits"], mask_pred)
+        else:  # the same scores, in row bands (lower peak memory)
+            scores = upsampled_semantic_inference(outputs["pred_logits"], outputs["pred_masks"], size)
         if self.semantic_map == "fusion":
             return fuse_semantic_maps(scores, pixel_class_scores(outputs["pixel_logits"], size), self.fusion_weight)
         return scores
