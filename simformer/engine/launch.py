@@ -35,14 +35,14 @@ def setup(args):
     return cfg
 
 
-def check_datasets_fit_config(cfg) -> None:
-    """Every registered dataset of ``DATASETS.TRAIN`` / ``TEST`` with a class list must have
+def check_datasets_fit_config(cfg, train: bool = True) -> None:
+    """Every registered dataset of ``DATASETS.TEST`` (and ``TRAIN`` when ``train``) with a class list must have
     ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` classes (else training learns nonsense and mIoU comes out 0 or NaN)."""
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
     k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     registered = set(DatasetCatalog.list())
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+    for name in (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST):
         classes = MetadataCatalog.get(name).get("stuff_classes", None) if name in registered else None
         if classes is not None and len(classes) != k:
             raise ValueError(f"dataset '{name}' has {len(classes)} classes ({', '.join(map(str, classes[:5]))}{', ...' if len(classes) > 5 else ''}) "
@@ -51,7 +51,7 @@ def check_datasets_fit_config(cfg) -> None:
 
 def main(args):
     cfg = setup(args)
-    check_datasets_fit_config(cfg)
+    check_datasets_fit_config(cfg, train=not args.eval_only)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         # strict: every tensor must fit (weights for another NUM_CLASSES are an error, not skipped)

@@ -39,7 +39,7 @@ from .splits import (
     COCO_STUFF_171_CLASSES,
 )
 from .synthetic import OPEN_PARAMS, SYNTHETIC_CLASSES, SYNTHETIC_COLORS, SyntheticPrepare, default_synthetic_open_root
-from .weakshot import _register, _WeakShotLoader, register_simulated_weakshot
+from .weakshot import _register, _split_options, _WeakShotLoader, register_simulated_weakshot
 
 __all__ = [
     "COCO_STUFF_10K_DIR",
@@ -98,15 +98,8 @@ def _register_dataset(root, subdir, command, classes, excluded, full_names, spli
             logger.debug(f"Replacing the existing registration of '{name}' by the SimFormer layout")
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
-        _register(
-            name,
-            image_root,
-            label_root,
-            classes,
-            kind="full",
-            prepare=RequireFolders(name, (image_root, label_root), command),
-            **common,
-        )
+        folder, metadata = _split_options(dict(common, prepare=RequireFolders(name, (image_root, label_root), command)))
+        _register(name, image_root, label_root, classes, kind="full", folder=folder, extra_metadata={}, exclude_stems=metadata.pop("exclude_stems"))
         for k, novel in sorted(novel_ids.items()):
             name = f"{split_prefix}{k}_{split}"
             register_simulated_weakshot(

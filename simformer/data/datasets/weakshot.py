@@ -326,48 +326,26 @@ class _WeakShotLoader:
             d["novel_tags"] = list(self.tags.get(d["image_id"], ()))
 
 
-def _register(
-    name,
-    image_root,
-    label_root,
-    class_names,
-    *,
-    kind,
-    novel_ids=(),
-    tags=None,
-    tags_file=None,
-    exclude_stems=(),
-    image_ext=None,
-    label_ext=".png",
-    ignore_label=255,
-    colors=None,
-    evaluator_type="sem_seg",
-    prepare=None,
-    label_mapping=None,
-    label_cache_dir=None,
-    extra_metadata=None,
-):
-    """register_sem_seg_folder (validation, metadata, lazy folder loader) wrapped by :class:`_WeakShotLoader`."""
-    extra_metadata = dict(extra_metadata or {})
+# keyword arguments of the registrations that go to register_sem_seg_folder (the rest become metadata)
+FOLDER_OPTIONS = ("image_ext", "label_ext", "ignore_label", "colors", "evaluator_type", "prepare", "label_mapping", "label_cache_dir")
+
+
+def _split_options(options):
+    """Registration keyword arguments -> (register_sem_seg_folder options, extra metadata)."""
+    folder = {k: v for k, v in options.items() if k in FOLDER_OPTIONS}
+    return folder, {k: v for k, v in options.items() if k not in FOLDER_OPTIONS}
+
+
+def _register(name, image_root, label_root, class_names, *, kind, folder, extra_metadata, novel_ids=(), tags=None, tags_file=None, exclude_stems=()):
+    """register_sem_seg_folder(``folder`` options: validation, metadata, lazy folder loader) wrapped by
+    :class:`_WeakShotLoader`."""
+    extra_metadata = dict(extra_metadata)
     exclude_stems = frozenset(str(s) for s in exclude_stems)
     if exclude_stems:
         extra_metadata["excluded_stems"] = sorted(exclude_stems)
-    meta = register_sem_seg_folder(
-        name,
-        image_root,
-        label_root,
-        class_names,
-        image_ext=image_ext,
-        label_ext=label_ext,
-        ignore_label=ignore_label,
-        colors=colors,
-        evaluator_type=evaluator_type,
-        prepare=prepare,
-        label_mapping=label_mapping,
-        label_cache_dir=label_cache_dir,
-        **extra_metadata,
-    )
+    meta = register_sem_seg_folder(name, image_root, label_root, class_names, **folder, **extra_metadata)
     registered = DatasetCatalog[name]
+    ignore_label = folder.get("ignore_label", 255)
     loader = _WeakShotLoader(
         name,
         registered.folder_loader if isinstance(registered, _WeakShotLoader) else registered,
@@ -403,79 +381,28 @@ def _class_list(where, class_names):
 # ------------------------------------------------------------------------------------------------
 # public API
 # ------------------------------------------------------------------------------------------------
-def register_simulated_weakshot(
-    name,
-    image_root,
-    label_root,
-    class_names,
-    novel_classes,
-    *,
-    image_ext=None,
-    label_ext=".png",
-    ignore_label=255,
-    colors=None,
-    evaluator_type="sem_seg",
-    prepare=None,
-    exclude_stems=(),
-    label_mapping=None,
-    label_cache_dir=None,
-    **extra_metadata,
-):
+def register_simulated_weakshot(name, image_root, label_root, class_names, novel_classes, *, exclude_stems=(), **options):
     """Register ``name``: full pixel labels, with ``novel_classes`` (names or ids) treated as weak-shot.
 
     The label PNGs hold every class; ``WeakShotDatasetMapper`` hides the novel pixels. The loader adds
     ``novel_tags`` (novel classes in the full-image label) to each dict. ``exclude_stems``: images to
-    drop. Other arguments (``label_mapping`` for label files that are not train ids, ...) as
-    :func:`~simformer.data.datasets.folder.register_sem_seg_folder`; extra
-    keyword arguments become metadata (e.g. ``split_name``). Returns the ``Metadata``.
+    drop. ``options``: the keyword arguments of
+    :func:`~simformer.data.datasets.folder.register_sem_seg_folder` (:data:`FOLDER_OPTIONS`: ``image_ext``,
+    ``label_ext``, ``ignore_label``, ``colors``, ``evaluator_type``, ``prepare``, ``label_mapping`` for label
+    files that are not train ids, ``label_cache_dir``); any other keyword becomes metadata (e.g.
+    ``split_name``). Returns the ``Metadata``.
     """
     where = f"register_simulated_weakshot('{name}')"
     class_names = _class_list(where, class_names)
+    folder, extra_metadata = _split_options(options)
     _check_extra(where, extra_metadata)
     novel_ids = resolve_class_ids(novel_classes, class_names, f"{where}, novel_classes")
     base_ids, novel_ids = _split_ids(novel_ids, len(class_names), where)
     extra_metadata.update(base_class_ids=base_ids, novel_class_ids=novel_ids, weakshot_type="simulated")
-    return _register(
-        name,
-        image_root,
-        label_root,
-        class_names,
-        kind="simulated",
-        novel_ids=novel_ids,
-        exclude_stems=exclude_stems,
-        image_ext=image_ext,
-        label_ext=label_ext,
-        ignore_label=ignore_label,
-        colors=colors,
-        evaluator_type=evaluator_type,
-        prepare=prepare,
-        label_mapping=label_mapping,
-        label_cache_dir=label_cache_dir,
-        extra_metadata=extra_metadata,
-    )
+    return _register(name, image_root, label_root, class_names, kind="simulated", folder=folder, extra_metadata=extra_metadata, novel_ids=novel_ids, exclude_stems=exclude_stems)
 
 
-def register_real_weakshot(
-    name,
-    image_root,
-    label_root,
-    class_names,
-    tags_file,
-    novel_classes=None,
-    *,
-    image_ext=None,
-    label_ext=".png",
-    ignore_label=255,
-    colors=None,
-    evaluator_type="sem_seg",
-    prepare=None,
-    exclude_stems=(),
-    label_mapping=None,
-    label_cache_dir=None,
-    tag_threshold=0.5,
-    tag_aliases=None,
-    **extra_metadata,
-):
+def register_real_weakshot(name, image_root, label_root, class_names, tags_file, novel_classes=None, *, exclude_stems=(), tag_threshold=0.5, tag_aliases=None, **options):
     """Register ``name``: base-only label PNGs (novel pixels = ``ignore_label``) + image-level novel tags.
 
     ``tags_file`` (``.json`` or ``.csv``, see the module doc) is read now, because ``novel_classes``
@@ -487,6 +414,7 @@ def register_real_weakshot(
     """
     where = f"register_real_weakshot('{name}')"
     class_names = _class_list(where, class_names)
+    folder, extra_metadata = _split_options(options)
     _check_extra(where, extra_metadata)
     tags_file = os.path.abspath(os.path.expanduser(str(tags_file)))
     try:
@@ -510,23 +438,5 @@ def register_real_weakshot(
                 f"classes only (base classes come from the label PNGs). Novel classes: {[class_names[c] for c in novel_ids]}"
             )
     extra_metadata.update(base_class_ids=base_ids, novel_class_ids=novel_ids, weakshot_type="real", tags_file=tags_file)
-    return _register(
-        name,
-        image_root,
-        label_root,
-        class_names,
-        kind="real",
-        novel_ids=novel_ids,
-        tags={stem: tuple(ids) for stem, ids in tag_ids.items()},
-        tags_file=tags_file,
-        exclude_stems=exclude_stems,
-        image_ext=image_ext,
-        label_ext=label_ext,
-        ignore_label=ignore_label,
-        colors=colors,
-        evaluator_type=evaluator_type,
-        prepare=prepare,
-        label_mapping=label_mapping,
-        label_cache_dir=label_cache_dir,
-        extra_metadata=extra_metadata,
-    )
+    tags = {stem: tuple(ids) for stem, ids in tag_ids.items()}
+    return _register(name, image_root, label_root, class_names, kind="real", folder=folder, extra_metadata=extra_metadata, novel_ids=novel_ids, tags=tags, tags_file=tags_file, exclude_stems=exclude_stems)
