@@ -31,7 +31,7 @@ DATASETS = {
 CASES = [(ds, k, stage) for ds, facts in DATASETS.items() for k in facts["splits"] for stage in STAGES]
 # timm backbone variants (split 1 of each dataset): <stage>_<backbone>.yaml next to <stage>.yaml
 BACKBONE_VARIANTS = {"swin_t": "swin_tiny_patch4_window7_224", "convnext_t": "convnext_tiny"}
-VARIANT_STAGES = ("seg_crosim", "retraining")
+VARIANT_STAGES = ("seg", "seg_crosim", "retraining")
 VARIANTS = [(ds, 1, stage, bb) for ds in DATASETS for stage in VARIANT_STAGES for bb in BACKBONE_VARIANTS]
 
 
