@@ -237,9 +237,18 @@ class Ablation:
             records.append(rec)
         return records
 
-    def write(self, rows):
+    def write(self, rows, merge_from=()):
+        """Merge the runs of ``rows`` found on disk (and the rows of the records ``merge_from``: other
+        runs' JSON records, e.g. of another output folder or machine) into the record; rewrite the table
+        and the plot."""
         with self.lock:
             records = merge_records(_read_records(self.results_file, self.test_set, self.opts), self.collect(rows))
+            for path in merge_from:
+                with open(path) as f:
+                    other = json.load(f)
+                if other.get("test_set") != self.test_set:
+                    raise ValueError(f"--merge-from {path}: a record of test set {other.get('test_set')!r}, not {self.test_set!r}")
+                records = merge_records(records, other["rows"])
             os.makedirs(os.path.dirname(self.results_file), exist_ok=True)
             payload = {"benchmark": f"{self.dataset}, benchmarks/weakshot_ablation.py", "test_set": self.test_set,
                        "opts": self.opts, "main_job": MAIN_JOB, "rows": records}  # fmt: skip
@@ -383,6 +392,8 @@ def main(argv=None):
     parser.add_argument("--dataset", default="synthetic_ws", choices=sorted(DATASETS), help="weak-shot split every row trains and is tested on")
     parser.add_argument("--results", default=None, help="the committed JSON record (default: the dataset's, in benchmarks/results/)")
     parser.add_argument("--collect-only", action="store_true", help="only rewrite the table, plot and record from the finished runs")
+    parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSON",
+                        help="with --collect-only: also merge the rows of these records (runs of another output folder or machine, each row with its own config_id)")  # fmt: skip
     parser.add_argument("--num-gpus", type=int, default=1, help="processes per run and machine (detectron2's flag)")
     parser.add_argument("--num-machines", type=int, default=1, help="machines per run; start the same command on each")
     parser.add_argument("--machine-rank", type=int, default=0)
@@ -403,8 +414,10 @@ def main(argv=None):
     out = os.path.abspath(args.output_dir)
     ab = Ablation(out, args.seeds, args.opts, os.path.abspath(args.results or DATASETS[args.dataset][2]), args.dataset)
     if args.collect_only:
-        print(ab.write(rows))
+        print(ab.write(rows, merge_from=args.merge_from))
         return
+    if args.merge_from:
+        parser.error("--merge-from goes with --collect-only")
     # seed-major order within each row, so a row's seeds finish together; stage-1 rows before their pipelines
     order = []
     for row in rows:

@@ -257,6 +257,14 @@ def test_weakshot_ablation_record_table_and_plot(tmp_path):
     merged = {r["name"]: r for r in ab.merge_records(changed, fresh.collect(["oracle"]))}
     assert merged["oracle"]["seeds"] == [3] and merged["oracle"]["novel"] == [56.0]
 
+    # rows of another run's record (another output folder / machine) merge in with their own config_id
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"test_set": fresh.test_set, "rows": [dict(rows["seg_warm"], seeds=[2], novel=[44.0], base=[77.0], hiou=[56.0], miou=[60.0], minutes=[1.0], config_id="lane-b")]}))
+    fresh.write([], merge_from=[str(other)])
+    rows = {r["name"]: r for r in json.load(open(tmp_path / "record.json"))["rows"]}
+    assert rows["seg_warm"]["seeds"] == [2] and rows["seg_warm"]["novel"] == [44.0] and rows["seg_warm"]["config_id"] == "lane-b"
+    assert rows["oracle"]["novel"] == [60.0, 64.0, 56.0]  # untouched
+
 
 def test_weakshot_ablation_other_dataset_adds_its_splits(tmp_path):
     ab = importlib.import_module("weakshot_ablation")
