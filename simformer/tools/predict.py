@@ -5,6 +5,8 @@
         --input photo.jpg more/*.png some_folder/ --output predictions/ [--gt labels_folder/] \\
         [--device cuda] [--batch-size 8] [--opts INPUT.MIN_SIZE_TEST 512]
     python -m simformer.tools.predict ...        # the same, without the console script
+    simformer-predict --onnx model.onnx --input ... --output ...   # a model exported by simformer-export:
+                                                 # onnxruntime + NumPy only (no detectron2, no torch)
 
 ``--input`` takes image files, folders (their image files, sorted; ``--recursive`` for sub-folders) and
 glob patterns (quote them to let this tool expand ``**``). For every image ``<stem>`` it writes into
