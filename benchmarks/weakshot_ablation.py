@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import simformer  # noqa: E402,F401
+from simformer.tools.pipeline import pseudo_label_tta_opts  # noqa: E402
 from simformer.engine.pipeline import _run, distributed_flags, follow_stage_dir, mark_stage_done, prepare_stage_dir, run_pipeline, stage_identity  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,7 +65,7 @@ DATASETS = {
     "synthetic_shared_ws": ("synthetic_shared_ws_train", "synthetic_shared_ws_val", os.path.join(RESULTS_DIR, "weakshot_ablation_shared.json")),
 }
 # The README's main job (tools/run_main.sh): stage-1 config and retraining start.
-MAIN_JOB = {"stage1": "seg_ssa.yaml", "retrain_init": "stage1"}
+MAIN_JOB = {"stage1": "seg_ssa.yaml", "retrain_init": "stage1", "pseudo_label_tta": True}
 
 # name -> (label, config, stage, task, row kind); a pipeline task gives a stage-1 and a stage-2 row.
 ROWS = {
@@ -94,7 +95,7 @@ PIPELINES = {
 }  # fmt: skip
 # stage-2 row -> overrides of its pseudo-label stage only (stage 1 is shared with the other pipelines):
 # flip + short sides 96 / 128 / 160 averaged (benchmarks/tta_eval.py measured +2.5 / +2.3 pseudo-label novel IoU)
-PSEUDO_LABEL_OPTS = {"ssa_warm_tta": ["TEST.AUG.PSEUDO_LABELS", "True", "TEST.AUG.MIN_SIZES", "(96, 128, 160)", "TEST.AUG.MAX_SIZE", "640", "TEST.AUG.FLIP", "True"]}
+PSEUDO_LABEL_OPTS = {"ssa_warm_tta": pseudo_label_tta_opts([96, 128, 160])}  # what tools/run_main.sh uses
 STAGE1_ROWS = {s for s, _ in PIPELINES.values()}  # trained once in pipeline_<row>/, shared by the pipelines
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
@@ -257,6 +258,7 @@ class Ablation:
                 json.dump(payload, f, indent=1)
             os.replace(tmp, self.results_file)
             table = format_table(records) + "\n\nPaired per-seed differences (same seed = same data order):\n\n" + format_differences(records)
+            os.makedirs(self.out, exist_ok=True)
             with open(os.path.join(self.out, "ablation.md"), "w") as f:
                 f.write(table + "\n")
             try:
@@ -317,7 +319,7 @@ def merge_records(previous, fresh):
 
 def _in_main_job(row):
     stage1 = {"seg.yaml": "seg", "seg_crosim.yaml": "crosim", "seg_ssa.yaml": "ssa"}[MAIN_JOB["stage1"]]
-    return row == stage1 or PIPELINES.get(row) == (stage1, MAIN_JOB["retrain_init"])
+    return row == stage1 or (PIPELINES.get(row) == (stage1, MAIN_JOB["retrain_init"]) and (row in PSEUDO_LABEL_OPTS) == MAIN_JOB["pseudo_label_tta"])
 
 
 def _ms(values):

@@ -31,8 +31,8 @@ def main(argv=None):
     parser.add_argument("--num-machines", type=int, default=1, help="machines (detectron2's flag, passed to every stage)")
     parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank; run the same command on every machine")
     parser.add_argument("--dist-url", default=None, help="tcp://<machine 0>:<port> for several machines")
-    parser.add_argument("--pseudo-label-tta", action="store_true",
-                        help="pseudo-labels with test-time augmentation (the stage-1 config's TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP, score maps averaged); stage 1 is not affected")  # fmt: skip
+    parser.add_argument("--pseudo-label-tta", nargs="*", type=int, default=None, metavar="SHORT_SIDE",
+                        help="pseudo-labels with test-time augmentation, flip + these short sides (none given: the stage-1 config's TEST.AUG.MIN_SIZES / MAX_SIZE / FLIP), score maps averaged; stage 1 is not affected")  # fmt: skip
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every stage")
     args = parser.parse_args(argv)
     retrain = args.retrain_config or os.path.join(os.path.dirname(args.stage1_config), "retraining.yaml")
@@ -44,7 +44,19 @@ def main(argv=None):
     run_pipeline(args.stage1_config, retrain, args.output_dir, num_gpus=args.num_gpus, opts=args.opts,
                  train_script=args.train_script or None, retrain_init=args.retrain_init,
                  num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
-                 pseudo_label_opts=["TEST.AUG.PSEUDO_LABELS", "True"] if args.pseudo_label_tta else [])  # fmt: skip
+                 pseudo_label_opts=pseudo_label_tta_opts(args.pseudo_label_tta))  # fmt: skip
+
+
+def pseudo_label_tta_opts(sizes):
+    """``--pseudo-label-tta [SHORT_SIDE ...]`` -> the pseudo-label stage's overrides (None = no TTA)."""
+    if sizes is None:
+        return []
+    opts = ["TEST.AUG.PSEUDO_LABELS", "True"]
+    if sizes:
+        if min(sizes) < 1:
+            raise SystemExit(f"--pseudo-label-tta: short sides must be positive, got {sizes}")
+        opts += ["TEST.AUG.MIN_SIZES", str(tuple(sizes)), "TEST.AUG.MAX_SIZE", str(4 * max(sizes)), "TEST.AUG.FLIP", "True"]
+    return opts
 
 
 if __name__ == "__main__":
