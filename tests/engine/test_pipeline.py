@@ -139,3 +139,11 @@ def test_multi_machine_flags_and_followers(tmp_path):
     assert json.load(open(os.path.join(out, "stage.json")))["done"]
     with pytest.raises(TimeoutError, match="machine 0"):
         follow_stage_dir(out, {"id": "other"}, poll=0.05, timeout=0.2)
+
+
+def test_pseudo_label_tta_options():
+    from simformer.tools.pipeline import pseudo_label_tta_opts
+
+    assert pseudo_label_tta_opts(None) == []
+    assert pseudo_label_tta_opts([]) == ["TEST.AUG.PSEUDO_LABELS", "True"]  # the stage-1 config's scales
+    assert pseudo_label_tta_opts([96, 128]) == ["TEST.AUG.PSEUDO_LABELS", "True", "TEST.AUG.MIN_SIZES", "(96, 128)", "TEST.AUG.MAX_SIZE", "512", "TEST.AUG.FLIP", "True"]
