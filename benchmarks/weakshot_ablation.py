@@ -250,6 +250,8 @@ class Ablation:
                 if other.get("test_set") != self.test_set:
                     raise ValueError(f"--merge-from {path}: a record of test set {other.get('test_set')!r}, not {self.test_set!r}")
                 records = merge_records(records, other["rows"])
+            for r in records:  # derived from MAIN_JOB, not carried over from older records
+                r["in_main_job"] = _in_main_job(r["name"]) if r["name"] in ROWS else False
             os.makedirs(os.path.dirname(self.results_file), exist_ok=True)
             payload = {"benchmark": f"{self.dataset}, benchmarks/weakshot_ablation.py", "test_set": self.test_set,
                        "opts": self.opts, "main_job": MAIN_JOB, "rows": records}  # fmt: skip

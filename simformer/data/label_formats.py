@@ -124,11 +124,8 @@ class LabelMapping:
 
 def _read_raw(path: str, kind: str) -> np.ndarray:
     with Image.open(path) as im:
-        if kind == "palette":
-            return np.asarray(im.convert("RGB"))
-        if im.mode in ("RGB", "RGBA"):
-            return np.asarray(im)  # rejected by apply() with a pointer to from_palette
-        return np.asarray(im)  # "P" keeps its indices, "L" / "I;16" their values
+        # palette labels as RGB; otherwise as stored ("P" keeps its indices; RGB is rejected by apply())
+        return np.asarray(im.convert("RGB") if kind == "palette" else im)
 
 
 def default_cache_dir(label_root: str, mapping: LabelMapping) -> str:

@@ -155,12 +155,9 @@ class OnnxPredictor:
 
     def display_info(self):
         """(class names, colours (K, 3) uint8, ignore label, groups) from the metadata."""
-        k = self.num_classes
-        names = list(self.meta.get("class_names") or [])[:k]
-        names += [f"class {i}" for i in range(len(names), k)]
-        colors = self.meta.get("class_colors")
-        if colors is None or len(colors) < k:
-            from ..utils.overlay import class_colors
+        from ..utils.overlay import display_info
 
-            colors = class_colors(k)
-        return names, np.asarray(colors[:k], dtype=np.uint8), int(self.meta.get("ignore_label", 255)), dict(self.meta.get("groups") or {})
+        groups = self.meta.get("groups") or {}
+        as_metadata = {"stuff_classes": self.meta.get("class_names"), "stuff_colors": self.meta.get("class_colors"), "ignore_label": int(self.meta.get("ignore_label", 255)),
+                       "base_class_ids": groups.get("base"), "novel_class_ids": groups.get("novel")}  # fmt: skip
+        return display_info(as_metadata, self.num_classes)

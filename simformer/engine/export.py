@@ -61,7 +61,7 @@ def export_metadata(cfg, fmt: str, model: ScoreMapModel, height: Optional[int], 
     groups of the config's first test dataset when it is registered."""
     from detectron2.data import MetadataCatalog
 
-    from .visualize import display_info
+    from ..utils.overlay import display_info
 
     k = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
     meta = None

@@ -10,7 +10,7 @@ from typing import Dict, List, Tuple
 from torch import nn
 
 from .criterion import SetCriterion, point_sampling_kwargs
-from .loss_terms import ComplementaryLoss, CrossImageSimilarityLoss, PixelContrastLoss, weakshot_metadata
+from .loss_terms import ComplementaryLoss, CrossImageSimilarityLoss, PixelContrastLoss
 from .matcher import HungarianMatcher
 
 __all__ = ["build_criterion", "weakshot_terms", "LEGACY_STATE_PREFIXES", "STUDENT_PAIRS"]
@@ -40,8 +40,6 @@ def weakshot_terms(cfg) -> List[nn.Module]:
         )
     terms = []
     if sf.COMP_LOSS_WEIGHT != 0:
-        if not weakshot_metadata(cfg)[0]:
-            raise ValueError("the complementary loss needs novel classes: the training dataset's metadata has no novel_class_ids")
         terms.append(ComplementaryLoss(cfg))
     if cis.BASE_WEIGHT != 0:
         terms.append(CrossImageSimilarityLoss(cfg))

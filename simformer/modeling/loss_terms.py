@@ -111,6 +111,7 @@ class ComplementaryLoss(nn.Module):
 
     @classmethod
     def from_config(cls, cfg):
+        _check_novel(weakshot_metadata(cfg)[0], "complementary loss")
         mf = cfg.MODEL.MASK_FORMER
         return {"ignore_proposal_logit": cfg.MODEL.SIMFORMER.IGNORE_PROPOSAL_LOGIT, "focal_weight": mf.MASK_WEIGHT, "dice_weight": mf.DICE_WEIGHT}
 

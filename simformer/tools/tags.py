@@ -157,14 +157,12 @@ def _audit(args) -> int:
     dicts = DatasetCatalog.get(args.dataset)
     predictor = Predictor(cfg, args.weights, args.device)
     os.makedirs(args.output, exist_ok=True)
-    fractions, tagged, preds = [], [], {}
-    for d in tqdm(dicts, desc="audit", unit="img", file=sys.stderr):
-        image = read_image_file(d["file_name"], "RGB")
-        pred = predictor([image])[0]
+    fractions, tagged = [], []
+    for d in tqdm(dicts, desc="audit", unit="img", file=sys.stderr):  # label maps are not kept: memory stays flat
+        pred = predictor([read_image_file(d["file_name"], "RGB")])[0]
         counts = np.bincount(pred.ravel(), minlength=len(names))
         fractions.append(counts[novel] / pred.size)
         tagged.append(np.isin(novel, d.get("novel_tags", [])))
-        preds[d["image_id"]] = pred
     fractions, tagged = np.array(fractions), np.array(tagged)
     scores = audit_scores(fractions, tagged, args.min_fraction)
     order = np.argsort(-scores, kind="stable")
@@ -177,8 +175,8 @@ def _audit(args) -> int:
                "likely_missing_tags": sorted(set(predicted) - set(tags)), "tags_not_predicted": sorted(set(tags) - set(predicted)),
                "novel_fractions": {names[c]: round(float(f), 4) for c, f in zip(novel, fractions[i])}}  # fmt: skip
         if rank < args.top and scores[i] > 0:
-            image = read_image_file(d["file_name"], "RGB")
-            panel = overlay_panel(image, preds[d["image_id"]], names, colors, ignore_label=ignore, groups=groups)
+            image = read_image_file(d["file_name"], "RGB")  # the --top images are predicted again to draw them
+            panel = overlay_panel(image, predictor([image])[0], names, colors, ignore_label=ignore, groups=groups)
             path = os.path.join(args.output, f"{rank + 1:03d}_{d['image_id']}.png")
             cv2.imwrite(path, panel[:, :, ::-1])
             row["overlay"] = path
@@ -241,7 +239,8 @@ def main(argv=None) -> int:
             print(f"Tags of {len(tags)} images -> {args.output}; images per novel class: {dict(counts)}" + (f"; base-only labels in {args.base_only_labels}" if args.base_only_labels else ""))
             return 0
         if args.command == "check":
-            from simformer.data.datasets.weakshot import IMAGE_EXTENSIONS, read_tags_file
+            from simformer.data.datasets.weakshot import read_tags_file
+            from simformer.data.image_io import IMAGE_EXTENSIONS
 
             names, novel = _class_info(args)
             tags = read_tags_file(args.tags, threshold=args.threshold)
