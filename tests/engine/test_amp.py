@@ -6,6 +6,7 @@ import torch
 from detectron2.utils.events import EventStorage
 from torch import nn
 
+import simformer.engine.amp as amp_module
 from simformer.engine.amp import AutocastTrainer, amp_dtype
 from simformer.modeling.criterion import SetCriterion
 from simformer.modeling.matcher import HungarianMatcher
@@ -53,6 +54,23 @@ def test_float16_needs_cuda_and_dtype_names_are_checked():
         AutocastTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.1), dtype="float16")
     with pytest.raises(ValueError, match="SOLVER.AMP.DTYPE must be one of"):
         amp_dtype("half")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_kernels_warns_once_at_start(native, monkeypatch, caplog):
+    monkeypatch.setattr(amp_module, "cpu_has_native_bf16", lambda: native)
+    model = _Recorder()
+    with caplog.at_level("WARNING", logger="simformer.engine.amp"):
+        AutocastTrainer(model, _loader(), torch.optim.SGD(model.parameters(), lr=0.1), dtype="bfloat16")
+    warned = [r for r in caplog.records if "without native bf16 kernels" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    if warned:
+        assert "SOLVER.AMP.ENABLED False" in warned[0].getMessage()
+
+
+def test_cpu_has_native_bf16_agrees_with_onednn():
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert amp_module.cpu_has_native_bf16() is expected
 
 
 @pytest.mark.cuda
