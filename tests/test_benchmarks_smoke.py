@@ -19,6 +19,7 @@ M = importlib.import_module("_measure")
 bench_flops = importlib.import_module("bench_flops")
 bench_scaling = importlib.import_module("bench_scaling")
 bench_vs_hf = importlib.import_module("bench_vs_hf_maskformer")
+shared_confusion = importlib.import_module("shared_confusion")
 
 linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak-RSS reset needs Linux /proc")
 
@@ -301,3 +302,17 @@ def test_gpu_check_dry_run_writes_its_tables(tmp_path, monkeypatch):
     assert ("peer" not in result["sections"]) and (tmp_path / "4_consistency.md").is_file()
     # the full matrix puts the defaults of every model and precision first (the time budget cuts the tail)
     assert gc.throughput_cases()[:9] == [(m, p, "defaults") for p in ("fp32", "bf16", "fp16") for m in ("maskformer", "seg", "seg_crosim")]
+
+
+# ---------------------------------------------------------------- shared_confusion
+def test_object_pixel_groups_split_errors_by_shape_and_texture():
+    # classes 3.. are shape-major: 3 = striped ellipse, 4 = dotted ellipse, 6 = striped diamond, 10 = dotted trapezoid
+    conf = np.zeros((12, 12), np.int64)
+    conf[3, 3] = 50  # right
+    conf[3, 4] = 10  # same shape (ellipse), wrong texture
+    conf[3, 6] = 20  # same texture (striped), wrong shape
+    conf[3, 10] = 15  # neither
+    conf[3, 0] = 5  # stuff
+    conf[0, 3] = 99  # a stuff pixel predicted as an object: not an object pixel, not counted
+    groups = shared_confusion.object_pixel_groups(conf)
+    assert groups == {"correct": 50.0, "same_shape_wrong_texture": 10.0, "same_texture_wrong_shape": 20.0, "other_object": 15.0, "stuff": 5.0}
