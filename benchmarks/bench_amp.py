@@ -7,8 +7,8 @@ model side by side in one process (interleaved rounds, median and range of the p
 ``r50``: MaskFormer-R50 (configs/maskformer/maskformer_R50.yaml, random init, 100 queries, 6 decoder
 layers, K = 171); ``synthetic``: the synthetic benchmark's R18 masked-attention model
 (configs/synthetic/mask2former_R18_fully_supervised.yaml, 12 classes). Both models start from the same
-weights; inputs are random images with block label maps (``_measure.maskformer_batch``). The accuracy
-effect of bf16 is measured by training a benchmark row with the option (README, "bf16 autocast").
+weights; inputs are random images with block label maps (``_measure.maskformer_batch``). Speed only: the
+accuracy effect needs a benchmark row trained with the option (README, "bf16 autocast on CPU").
 Writes ``benchmarks/results/amp_bf16_<model>_<size>.json`` unless ``--no-record``.
 """
 import argparse
@@ -21,12 +21,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from _measure import REPO, build_cfg, interleaved, machine_note, maskformer_batch, median, r50_opts, set_threads, train_step_fn  # noqa: E402
+from _measure import REPO, autocast_of, build_cfg, interleaved, machine_note, maskformer_batch, median, r50_opts, set_threads, train_step_fn  # noqa: E402
 
 MODELS = {
     "r50": (os.path.join(REPO, "configs", "maskformer", "maskformer_R50.yaml"), 171),
     "synthetic": (os.path.join(REPO, "configs", "synthetic", "mask2former_R18_fully_supervised.yaml"), 12),
 }
+
+
+def inference_fn(model, autocast, image, size):
+    """One eval-mode forward of ``image`` under ``autocast`` (the trainer's SOLVER.AMP context); the model
+    is put back in training mode for the interleaved training steps."""
+
+    def run():
+        model.eval()
+        with torch.no_grad(), autocast():
+            model([{"image": image, "height": size, "width": size}])
+        model.train()
+
+    return run
 
 
 def main():
@@ -46,9 +59,9 @@ def main():
     config, num_classes = MODELS[args.model]
     opts = r50_opts(num_classes) if args.model == "r50" else ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"]
     torch.manual_seed(0)
-    cfgs, steps, infers = {}, {}, {}
     data = maskformer_batch(args.batch, args.size, num_classes)
-    state = None
+    cpu = torch.device("cpu")
+    steps, infers, state = {}, {}, None
     for name, amp in (("fp32", False), ("bf16", True)):
         cfg = build_cfg(config, opts + ["SOLVER.AMP.ENABLED", str(amp)])
         model = build_model(cfg)
@@ -57,26 +70,11 @@ def main():
         model.load_state_dict(state)
         model.train()
         steps[name] = train_step_fn(model, build_optimizer(cfg, model), data, cfg)
-        cfgs[name] = (cfg, model)
-
-    def infer(name):
-        cfg, model = cfgs[name]
-        dtype = torch.bfloat16 if cfg.SOLVER.AMP.ENABLED else None
-
-        def run():
-            model.eval()
-            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-                model([{"image": data[0]["image"], "height": args.size, "width": args.size}])
-            model.train()
-
-        return run
-
-    for name in cfgs:
-        infers[name] = infer(name)
+        infers[name] = inference_fn(model, autocast_of(cfg, cpu)[0], data[0]["image"], args.size)
     print(machine_note(threads))
     print(f"{args.model}: {args.batch} x {args.size}² per training step, {args.rounds} interleaved rounds")
-    train = interleaved(steps, args.rounds, 1, torch.device("cpu"))
-    inference = interleaved(infers, args.rounds, 1, torch.device("cpu"))
+    train = interleaved(steps, args.rounds, 1, cpu)
+    inference = interleaved(infers, args.rounds, 1, cpu)
     result = {"model": args.model, "config": os.path.relpath(config, REPO), "size": args.size, "batch": args.batch,
               "threads": threads, "rounds": args.rounds, "machine": machine_note(threads)}  # fmt: skip
     for what, times in (("train_step", train), ("inference", inference)):
