@@ -71,6 +71,7 @@ MAIN_JOB = {"stage1": "seg_ssa.yaml", "retrain_init": "stage1", "pseudo_label_tt
 ROWS = {
     "oracle": ("oracle: novel classes with pixel labels", "oracle.yaml", "oracle"),
     "oracle_long": ("oracle, 1,500 iterations (the compute of stage 1 + warm retraining)", "oracle_long.yaml", "oracle"),
+    "oracle_ssa": ("oracle with the main job's model (SSA pixel layer and map)", "oracle_ssa.yaml", "oracle"),
     "base_only": ("base-only: novel classes unseen", "base_only.yaml", 1),
     "no_comp": ("proposal-pixel transfer", "seg_no_comp.yaml", 1),
     "seg": ("+ complementary loss (seg)", "seg.yaml", 1),
@@ -99,7 +100,7 @@ PSEUDO_LABEL_OPTS = {"ssa_warm_tta": pseudo_label_tta_opts([96, 128, 160])}  # w
 STAGE1_ROWS = {s for s, _ in PIPELINES.values()}  # trained once in pipeline_<row>/, shared by the pipelines
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
-            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "ssa_warm_tta": "ssa_warm", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "ssa_long": "ssa",
+            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "ssa_warm_tta": "ssa_warm", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "oracle_ssa": "oracle", "ssa_long": "ssa",
             "tags_drop10": "seg", "tags_drop30": "seg", "tags_add10": "seg"}  # fmt: skip
 DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
 
