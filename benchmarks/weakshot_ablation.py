@@ -226,7 +226,7 @@ class Ablation:
                 rec["miou"].append(round(m["mIoU"], 2))
                 sec = _stage_seconds(self.row_dir(row, seed))
                 rec["minutes"].append(round(sec / 60, 1) if sec else None)
-                if row in ("oracle", "oracle_long"):
+                if ROWS[row][2] == "oracle":
                     rec.setdefault("per_class_iou", []).append({k[4:]: round(v, 1) for k, v in m.items() if k.startswith("IoU-")})
                 if row in PIPELINES:
                     try:
@@ -292,11 +292,15 @@ def merge_records(previous, fresh):
     folders may be gone: a new checkout, another machine), so running a few rows or seeds never drops the
     rest of the table. Old seeds are dropped when the row's ``config_id`` changed (another config or
     option: never a stale value beside new ones); rows recorded before ``config_id`` existed are kept.
-    Rows keep the record's order; new rows are appended."""
+    A row with no seed measured now leaves the record's row as it is (with its own ``config_id``): a
+    ``--collect-only`` from a newer commit, whose default keys changed a row's identity, must not empty
+    rows it has no runs of. Rows keep the record's order; new rows are appended."""
     out = {r["name"]: dict(r) for r in previous}
     order = [r["name"] for r in previous]
     for new in fresh:
         old = out.get(new["name"])
+        if old is not None and not new["seeds"]:
+            continue  # nothing measured now: the record's values (and identity) stand
         if old is not None and old.get("config_id", new.get("config_id")) != new.get("config_id"):
             old = {"seeds": []}  # made from another config: its values are not this row's
         if old is None:

@@ -257,6 +257,9 @@ def test_weakshot_ablation_record_table_and_plot(tmp_path):
     changed = [dict(r, config_id="another-config") if r["name"] == "oracle" else r for r in json.load(open(tmp_path / "record.json"))["rows"]]
     merged = {r["name"]: r for r in ab.merge_records(changed, fresh.collect(["oracle"]))}
     assert merged["oracle"]["seeds"] == [3] and merged["oracle"]["novel"] == [56.0]
+    # ... but a row with no run now keeps its record values and identity, whatever its config_id is now
+    kept = {r["name"]: r for r in ab.merge_records(changed, [dict(fresh.collect(["oracle"])[0], seeds=[], novel=[], base=[], hiou=[], miou=[], minutes=[])])}
+    assert kept["oracle"]["seeds"] == [1, 2, 3] and kept["oracle"]["novel"] == [60.0, 64.0, 56.0] and kept["oracle"]["config_id"] == "another-config"
 
     # rows of another run's record (another output folder / machine) merge in with their own config_id
     other = tmp_path / "other.json"
