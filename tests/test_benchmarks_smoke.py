@@ -6,6 +6,7 @@ any machine: FLOPs grow with pixels, a known allocation shows in the peak, the g
 """
 import argparse
 import importlib
+import json
 import os
 import sys
 
@@ -319,3 +320,24 @@ def test_object_pixel_groups_split_errors_by_shape_and_texture():
     conf[0, 3] = 99  # a stuff pixel predicted as an object: not an object pixel, not counted
     groups = shared_confusion.object_pixel_groups(conf)
     assert groups == {"correct": 50.0, "same_shape_wrong_texture": 10.0, "same_texture_wrong_shape": 20.0, "other_object": 15.0, "stuff": 5.0}
+
+
+def test_query_specialisation_counts_by_hand(tmp_path):
+    qs = importlib.import_module("query_specialisation")
+    # 2 images, 3 queries, K = 2 real classes + no-object
+    final = np.array([
+        [[0.8, 0.1, 0.1], [0.1, 0.7, 0.2], [0.3, 0.3, 0.4]],  # q0 -> 0, q1 -> 1, q2 not confident
+        [[0.9, 0.05, 0.05], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]],  # q0 -> 0, q1 -> 0, q2 not confident
+    ])
+    initial = np.array([[0.5, 0.2, 0.3], [0.1, 0.4, 0.5], [0.2, 0.1, 0.7]])  # P_0 real-class argmax: 0, 1, 0
+    out = qs.specialisation(final, initial)
+    assert out["confident"] == 4
+    assert out["identity_agreement"] == 75.0  # q0 twice and q1 once agree with P_0; q1 on image 2 does not
+    assert out["purity"] == 75.0  # q0: 2 of 2 on class 0; q1: 1 of 2 on its most frequent class
+    assert qs.specialisation(final * 0 + 1 / 3, initial)["confident"] == 0
+
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text("\n".join(json.dumps(r) for r in [
+        {"iteration": 9, "loss_ce": 2.0, "loss_ce_0": 2.5}, {"iteration": 150, "loss_ce": 1.0, "loss_ce_0": 1.5},
+        {"iteration": 199, "loss_ce": 0.5, "loss_ce_0": 0.7}, {"iteration": 199, "mIoU": 3.0}]))  # fmt: skip
+    assert qs.class_losses(str(metrics)) == {"iterations": [150, 199], "loss_ce_initial": 1.1, "loss_ce_final": 0.75}
