@@ -341,3 +341,16 @@ def test_query_specialisation_counts_by_hand(tmp_path):
         {"iteration": 9, "loss_ce": 2.0, "loss_ce_0": 2.5}, {"iteration": 150, "loss_ce": 1.0, "loss_ce_0": 1.5},
         {"iteration": 199, "loss_ce": 0.5, "loss_ce_0": 0.7}, {"iteration": 199, "mIoU": 3.0}]))  # fmt: skip
     assert qs.class_losses(str(metrics)) == {"iterations": [150, 199], "loss_ce_initial": 1.1, "loss_ce_final": 0.75}
+
+
+def test_lost_tags_counts_by_hand():
+    lt = importlib.import_module("lost_tags")
+    truth = np.array([[5, 5, 8], [9, 9, 0], [0, 1, 8]])
+    pseudo = np.array([[255, 255, 8], [8, 9, 0], [0, 1, 255]])  # class 5 lost: its 2 pixels are ignore; 9 kept
+    c = lt.lost_tag_counts(pseudo, truth, [5, 8, 9], [5, 8, 9])
+    assert (c["tagged"], c["lost"], c["lost_sizes"], c["ignore"], c["other_novel"], c["base"]) == (3, 1, [2], 2, 0, 0)
+    c2 = lt.lost_tag_counts(np.array([[8, 0]]), np.array([[9, 9]]), [9], [5, 8, 9])  # 9 lost: 1 px -> novel 8, 1 px -> base 0
+    assert (c2["lost"], c2["other_novel"], c2["base"]) == (1, 1, 1)
+    s = lt.summarise([c, c2])
+    assert s["tagged"] == 4 and s["lost"] == 2 and s["lost_percent"] == 50.0 and s["median_gt_pixels_of_lost"] == 2.0
+    assert s["lost_pixels_percent"] == {"ignore": 50.0, "other_novel": 25.0, "base": 25.0}
