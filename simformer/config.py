@@ -37,6 +37,9 @@ def add_simformer_config(cfg):
     # Pseudo-label folder ("" = none): labels are read from <dir>/<basename of sem_seg_file_name>; a missing
     # file is an error (never a fallback to the ground truth).
     cfg.INPUT.WEAKSHOT.PSEUDO_LABEL_DIR = ""
+    # Retraining on pseudo-labels: a tagged novel class with no pixel in the (cropped) pseudo-label stays an
+    # image-level target (class only, no mask) instead of vanishing from the targets (spec §5.5); False = paper.
+    cfg.INPUT.WEAKSHOT.KEEP_LOST_TAGS = False
     # Partner rule of PairDatasetMapper: "Deconf<p>" (0 <= p <= 1), "Rand", "BInter" or "NInter" (spec §1.3).
     cfg.INPUT.WEAKSHOT.PAIR_TYPE = "Deconf0.01"
     # Folder for the cached partner table ("" = <folder of the first label file>/../pair_cache).

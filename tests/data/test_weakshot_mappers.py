@@ -168,6 +168,21 @@ def test_pseudo_labels(tiny):
     assert _targets(out)[:2] == ([0, 4, 2, 3], [True, True, False, False])
 
 
+def test_keep_lost_tags(tiny):
+    pseudo = np.array(LABEL)
+    pseudo[:, 4:] = 2  # zebra (3) is tagged but the pseudo-label has no zebra pixel: its tag is lost
+    _save(str(tiny / "pseudo" / "a.png"), pseudo)
+    out = _mapper(novel_has_mask=True, pseudo_label_dir=str(tiny / "pseudo"), keep_lost_tags=True)(_dict(tiny))
+    classes, has_mask, masks = _targets(out)
+    assert classes == [0, 2, 4, 3] and has_mask == [True, True, True, False]  # zebra kept as a class-only target
+    assert not masks[3].any() and torch.equal(masks[1], torch.from_numpy(pseudo == 2))
+    # without the option (the paper) the lost tag vanishes; a tag the pseudo-label has is never duplicated
+    assert _targets(_mapper(novel_has_mask=True, pseudo_label_dir=str(tiny / "pseudo"))(_dict(tiny)))[0] == [0, 2, 4]
+    assert _targets(_mapper(novel_has_mask=True, pseudo_label_dir=str(tiny / "pseudo"), keep_lost_tags=True)(_dict(tiny, novel_tags=[2])))[0] == [0, 2, 4]
+    with pytest.raises(ValueError, match="KEEP_LOST_TAGS"):
+        _mapper(keep_lost_tags=True, pseudo_label_dir=str(tiny / "pseudo"))  # stage 1: tags are targets already
+
+
 def test_missing_pseudo_label_is_an_error(tiny):
     os.makedirs(tiny / "pseudo")
     mapper = _mapper(novel_has_mask=True, pseudo_label_dir=str(tiny / "pseudo"))

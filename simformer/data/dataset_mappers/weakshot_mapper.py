@@ -54,6 +54,7 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
         novel_has_mask=False,
         pseudo_label_dir="",
         tag_noise=(0.0, 0.0, 0),
+        keep_lost_tags=False,
         **kwargs,
     ):
         super().__init__(is_train, **kwargs)
@@ -80,6 +81,12 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
         self.tag_noise = tuple(tag_noise)  # (drop, add, seed) of simformer.data.tag_noise.noisy_tags
         if any(self.tag_noise[:2]) and image_level_labels != "image":
             raise ValueError(f"INPUT.WEAKSHOT.TAG_NOISE applies to image-level tags (IMAGE_LEVEL_LABELS 'image'), got {image_level_labels!r}")
+        if keep_lost_tags and not (novel_has_mask and pseudo_label_dir and image_level_labels == "image"):
+            raise ValueError(
+                "INPUT.WEAKSHOT.KEEP_LOST_TAGS applies to retraining on pseudo-labels: it needs NOVEL_HAS_MASK True, "
+                f"a PSEUDO_LABEL_DIR and IMAGE_LEVEL_LABELS 'image' (got {novel_has_mask}, {pseudo_label_dir!r}, {image_level_labels!r})"
+            )
+        self.keep_lost_tags = bool(keep_lost_tags)
         self.weakshot_type = weakshot_type
         self.image_level_labels = image_level_labels
         self.novel_has_mask = bool(novel_has_mask)
@@ -115,6 +122,7 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
             novel_has_mask=ws.NOVEL_HAS_MASK,
             pseudo_label_dir=ws.PSEUDO_LABEL_DIR,
             tag_noise=(ws.TAG_NOISE.DROP, ws.TAG_NOISE.ADD, ws.TAG_NOISE.SEED),
+            keep_lost_tags=ws.KEEP_LOST_TAGS,
         )
         return ret
 
@@ -172,6 +180,15 @@ class WeakShotDatasetMapper(SemSegDatasetMapper):
         inst = out["instances"]
         if self.novel_has_mask:
             inst.gt_has_mask = torch.ones(len(inst), dtype=torch.bool)
+            if self.keep_lost_tags:  # tagged novel classes the pseudo-label has no pixel of: image-level targets
+                tags = self._image_level_novel(out, inst.gt_classes)
+                lost = tags[~torch.isin(tags, inst.gt_classes)]
+                if lost.numel():
+                    targets = Instances(inst.image_size)
+                    targets.gt_classes = torch.cat([inst.gt_classes, lost])
+                    targets.gt_masks = torch.cat([inst.gt_masks, inst.gt_masks.new_zeros((len(lost), *raw.shape))])
+                    targets.gt_has_mask = torch.arange(len(inst) + len(lost)) < len(inst)
+                    out["instances"] = targets
             return out
         out["sem_seg"] = raw.masked_fill(self._is_novel[raw], self.ignore_label)
         is_base = ~self._is_novel[inst.gt_classes]
