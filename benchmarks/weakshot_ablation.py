@@ -88,19 +88,22 @@ ROWS = {
     "crosim_warm": ("seg_crosim -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_warm.yaml", 2),
     "ssa_warm": ("seg_ssa -> pseudo-labels -> retraining (warm start, half schedule)", "retraining_ssa_warm.yaml", 2),
     "ssa_warm_tta": ("seg_ssa -> TTA pseudo-labels (flip, 3 scales) -> retraining (warm start, half schedule)", "retraining_ssa_warm.yaml", 2),
+    "ssa_warm_tta_keep": ("the same, lost tags kept as image-level targets (KEEP_LOST_TAGS)", "retraining_ssa_warm_keep_tags.yaml", 2),
 }
 # stage-2 row -> (stage-1 row, retraining start)
 PIPELINES = {
     "seg_retrain": ("seg", "scratch"), "crosim_retrain": ("crosim", "scratch"), "ssa_retrain": ("ssa", "scratch"),
-    "seg_warm": ("seg", "stage1"), "crosim_warm": ("crosim", "stage1"), "ssa_warm": ("ssa", "stage1"), "ssa_warm_tta": ("ssa", "stage1"),
+    "seg_warm": ("seg", "stage1"), "crosim_warm": ("crosim", "stage1"), "ssa_warm": ("ssa", "stage1"), "ssa_warm_tta": ("ssa", "stage1"), "ssa_warm_tta_keep": ("ssa", "stage1"),
 }  # fmt: skip
 # stage-2 row -> overrides of its pseudo-label stage only (stage 1 is shared with the other pipelines):
 # flip + short sides 96 / 128 / 160 averaged (benchmarks/tta_eval.py measured +2.5 / +2.3 pseudo-label novel IoU)
-PSEUDO_LABEL_OPTS = {"ssa_warm_tta": pseudo_label_tta_opts([96, 128, 160])}  # what tools/run_main.sh uses
+PSEUDO_LABEL_OPTS = {"ssa_warm_tta": pseudo_label_tta_opts([96, 128, 160]), "ssa_warm_tta_keep": pseudo_label_tta_opts([96, 128, 160])}  # what tools/run_main.sh uses
+# stage-2 rows that share stage 1, retraining start and pseudo-label options with another row get their own folder
+PIPELINE_SUFFIX = {"ssa_warm_tta_keep": "_tta_keep"}
 STAGE1_ROWS = {s for s, _ in PIPELINES.values()}  # trained once in pipeline_<row>/, shared by the pipelines
 # row -> the row it adds one thing to (paired per-seed differences: same seed = same data order)
 PREVIOUS = {"seg": "no_comp", "crosim": "seg", "ssa": "seg", "seg_retrain": "seg", "seg_warm": "seg", "crosim_retrain": "crosim",
-            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "ssa_warm_tta": "ssa_warm", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "oracle_ssa": "oracle", "ssa_long": "ssa",
+            "crosim_warm": "crosim", "ssa_retrain": "ssa", "ssa_warm": "ssa", "ssa_warm_tta": "ssa_warm", "ssa_warm_tta_keep": "ssa_warm_tta", "oracle": "seg", "no_comp": "base_only", "oracle_long": "oracle", "oracle_ssa": "oracle", "ssa_long": "ssa",
             "tags_drop10": "seg", "tags_drop30": "seg", "tags_add10": "seg"}  # fmt: skip
 DEFAULT_ROWS = "oracle,seg,crosim,ssa,no_comp,seg_warm,ssa_warm,crosim_warm,seg_retrain,base_only"
 
@@ -155,7 +158,7 @@ class Ablation:
     def pipeline_dir(self, row, seed):
         """The run folder of a stage-2 row's pipeline (its stage1/ links to the shared stage-1 run)."""
         s1, init = PIPELINES[row]
-        suffix = "_tta" if row in PSEUDO_LABEL_OPTS else ""
+        suffix = PIPELINE_SUFFIX.get(row, "_tta" if row in PSEUDO_LABEL_OPTS else "")
         return os.path.join(self.out, f"pipeline_{s1}_{init}{suffix}", f"seed{seed}")
 
     def stage1_dir(self, row, seed):

@@ -354,3 +354,10 @@ def test_lost_tags_counts_by_hand():
     s = lt.summarise([c, c2])
     assert s["tagged"] == 4 and s["lost"] == 2 and s["lost_percent"] == 50.0 and s["median_gt_pixels_of_lost"] == 2.0
     assert s["lost_pixels_percent"] == {"ignore": 50.0, "other_novel": 25.0, "base": 25.0}
+
+
+def test_weakshot_ablation_rows_have_their_own_run_folders(tmp_path):
+    ab = importlib.import_module("weakshot_ablation")
+    runner = ab.Ablation(str(tmp_path), [1], [], str(tmp_path / "r.json"))
+    dirs = [runner.row_dir(row, 1) for row in ab.ROWS]
+    assert len(set(dirs)) == len(dirs)  # no two rows write (or read) the same run
