@@ -9,7 +9,9 @@ layers, K = 171); ``synthetic``: the synthetic benchmark's R18 masked-attention 
 (configs/synthetic/mask2former_R18_fully_supervised.yaml, 12 classes). Both models start from the same
 weights; inputs are random images with block label maps (``_measure.maskformer_batch``). Speed only: the
 accuracy effect needs a benchmark row trained with the option (README, "bf16 autocast on CPU").
-Writes ``benchmarks/results/amp_bf16_<model>_<size>.json`` unless ``--no-record``.
+Writes ``benchmarks/results/amp_bf16_<model>_<size>[_<capability>].json`` unless ``--no-record``; the
+record names the CPU's bf16 capability (``cpu_bf16``), and a machine with native bf16 kernels writes its
+own file (suffix ``_bf16native``) so that measurements from the two kinds of CPU are kept side by side.
 """
 import argparse
 import copy
@@ -40,6 +42,14 @@ def inference_fn(model, autocast, image, size):
         model.train()
 
     return run
+
+
+def cpu_bf16_note() -> dict:
+    """What decides CPU bf16 speed: PyTorch's vector ISA and whether oneDNN has native bf16 kernels."""
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
 
 
 def main():
@@ -76,7 +86,7 @@ def main():
     train = interleaved(steps, args.rounds, 1, cpu)
     inference = interleaved(infers, args.rounds, 1, cpu)
     result = {"model": args.model, "config": os.path.relpath(config, REPO), "size": args.size, "batch": args.batch,
-              "threads": threads, "rounds": args.rounds, "machine": machine_note(threads)}  # fmt: skip
+              "threads": threads, "rounds": args.rounds, "machine": machine_note(threads), "cpu_bf16": cpu_bf16_note()}  # fmt: skip
     for what, times in (("train_step", train), ("inference", inference)):
         ratios = [b / a for a, b in zip(times["fp32"]["wall"], times["bf16"]["wall"])]
         result[what] = {
@@ -89,7 +99,8 @@ def main():
         print(f"{what:>10}: fp32 {r['fp32_s']:.3f} s, bf16 {r['bf16_s']:.3f} s, bf16 / fp32 {r['ratio_bf16_over_fp32_median']:.2f} "
               f"(per round {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})")  # fmt: skip
     if not args.no_record:
-        out = os.path.join(REPO, "benchmarks", "results", f"amp_bf16_{args.model}_{args.size}.json")
+        suffix = "_bf16native" if result["cpu_bf16"]["native_bf16"] else ""
+        out = os.path.join(REPO, "benchmarks", "results", f"amp_bf16_{args.model}_{args.size}{suffix}.json")
         with open(out + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(out + ".tmp", out)
