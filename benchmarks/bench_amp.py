@@ -9,7 +9,7 @@ layers, K = 171); ``synthetic``: the synthetic benchmark's R18 masked-attention 
 (configs/synthetic/mask2former_R18_fully_supervised.yaml, 12 classes). Both models start from the same
 weights; inputs are random images with block label maps (``_measure.maskformer_batch``). Speed only: the
 accuracy effect needs a benchmark row trained with the option (README, "bf16 autocast on CPU").
-Writes ``benchmarks/results/amp_bf16_<model>_<size>[_<capability>].json`` unless ``--no-record``; the
+Writes ``benchmarks/results/amp_bf16_<model>_<size>[_bf16native].json`` unless ``--no-record``; the
 record names the CPU's bf16 capability (``cpu_bf16``), and a machine with native bf16 kernels writes its
 own file (suffix ``_bf16native``) so that measurements from the two kinds of CPU are kept side by side.
 """
@@ -46,10 +46,9 @@ def inference_fn(model, autocast, image, size):
 
 def cpu_bf16_note() -> dict:
     """What decides CPU bf16 speed: PyTorch's vector ISA and whether oneDNN has native bf16 kernels."""
-    return {
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-    }
+    from simformer.engine.amp import cpu_has_native_bf16
+
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": cpu_has_native_bf16()}
 
 
 def main():
