@@ -373,6 +373,43 @@ def phase_times(model, optimizer, data, steps: int, cfg=None) -> Dict[str, float
     return {k: median(v) for k, v in rows.items()}
 
 
+# aten op name prefix -> category of :func:`op_categories` (first match wins; the rest is "other")
+OP_CATEGORIES = (
+    ("convolution", ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d", "aten::thnn_conv2d",
+                     "aten::_convolution", "aten::cudnn_convolution", "aten::mkldnn_convolution_backward")),
+    ("batch / group norm", ("aten::native_batch_norm", "aten::_batch_norm", "aten::batch_norm", "aten::native_group_norm",
+                            "aten::_native_batch_norm_legit", "aten::group_norm")),
+    ("matmul (linear, attention, mask products)", ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear")),
+    ("optimizer (fused AdamW, clipping)", ("aten::_fused_adamw", "aten::_foreach", "aten::_fused_adam")),
+    ("copies, layout, fills", ("aten::copy_", "aten::clone", "aten::contiguous", "aten::zero_", "aten::fill_", "aten::cat",
+                               "aten::stack", "aten::index", "aten::gather", "aten::scatter", "aten::_to_copy", "aten::constant_pad_nd")),
+    ("resampling (interpolate, grid_sample)", ("aten::upsample", "aten::grid_sampler", "aten::_upsample")),
+)
+
+
+def op_categories(fn: Callable) -> Dict[str, float]:
+    """Self CPU seconds of one call of ``fn`` by op category (:data:`OP_CATEGORIES`, prefix match on the
+    aten op name), with ``"total"``: where a step's time goes, comparable between two models."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    out = {name: 0.0 for name, _ in OP_CATEGORIES}
+    out["other (element-wise, reductions, autograd bookkeeping)"] = 0.0
+    total = 0.0
+    for event in prof.key_averages():
+        seconds = event.self_cpu_time_total / 1e6
+        total += seconds
+        for name, prefixes in OP_CATEGORIES:
+            if event.key.startswith(prefixes):
+                out[name] += seconds
+                break
+        else:
+            out["other (element-wise, reductions, autograd bookkeeping)"] += seconds
+    out["total"] = total
+    return out
+
+
 def profile_top_ops(fn: Callable, top: int = 10) -> str:
     """Table of the ``top`` ops by self CPU time over one call of ``fn`` (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile

@@ -241,7 +241,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-deep-supervision", action="store_true", help="losses of the last decoder layer only, both sides")
     parser.add_argument("--skip-memory", action="store_true", help="time only (no subprocesses)")
-    parser.add_argument("--profile", action="store_true", help="also print our step's phase split and top-10 ops")
+    parser.add_argument("--profile", action="store_true", help="also print our step's phase split, both steps' top-10 ops and their self CPU time by op category")
     parser.add_argument("--quick", action="store_true", help="smoke run: 64x64, batch 1, 1 step, 1 warm-up")
     parser.add_argument("--ours-opts", nargs="*", default=[], metavar="KEY VALUE", help="extra config overrides of our model")
     parser.add_argument("--peer-channels-last", action="store_true", help="also give the peer NHWC weights and input (what MODEL.MASK_FORMER.CHANNELS_LAST does for ours)")
@@ -334,7 +334,7 @@ def main(argv=None):
           "clipping); peer = the same with fused torch AdamW (HF Trainer's default)")
 
     if args.profile:
-        print_profile(ours_x, args)
+        print_profile(ours_x, peer_x, peer_step, args)
     return 0 if all(verdicts) else 1
 
 
@@ -351,15 +351,25 @@ def _mask_loss_resolution(cfg):
     return "the full input resolution (predicted masks upsampled bilinearly, simformer/modeling/criterion.py)"
 
 
-def print_profile(ours_x, args):
+def print_profile(ours_x, peer_x, peer_step, args):
     model, optimizer, data = ours_x["model"], ours_x["optimizer"], ours_x["data"]
     phases = M.phase_times(model, optimizer, data, max(args.steps, 1), ours_x["cfg"])
     total = sum(phases.values())
     print(f"\nour training step by phase (median of {max(args.steps, 1)}):")
     for name, value in sorted(phases.items(), key=lambda kv: -kv[1]):
         print(f"  {name:34}{value:8.3f} s  {100 * value / total:5.1f} %")
-    print("\ntop-10 ops of one training step by self CPU time (torch.profiler):")
-    print(M.profile_top_ops(M.train_step_fn(model, optimizer, data, ours_x["cfg"]), 10))
+    ours_step = M.train_step_fn(model, optimizer, data, ours_x["cfg"])
+    print("\ntop-10 ops of our training step by self CPU time (torch.profiler):")
+    print(M.profile_top_ops(ours_step, 10))
+    print("\ntop-10 ops of the peer's training step by self CPU time (torch.profiler):")
+    print(M.profile_top_ops(peer_step, 10))
+    rounds = [(M.op_categories(ours_step), M.op_categories(peer_step)) for _ in range(max(args.steps, 1))]
+    cats = {side: {k: M.median([r[i][k] for r in rounds]) for k in rounds[0][0]} for i, side in enumerate(("ours", "peer"))}
+    print(f"\none training step by op category, self CPU seconds under the profiler (median of {len(rounds)} interleaved rounds):")
+    print(f"  {'category':56}{'ours':>9}{'peer':>9}{'ours/peer':>11}{'share of peer step':>20}")
+    for name in cats["ours"]:
+        a, b = cats["ours"][name], cats["peer"][name]
+        print(f"  {name:56}{a:9.3f}{b:9.3f}{(a / b if b else float('nan')):11.2f}{100 * b / cats['peer']['total']:19.1f}%")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,11 @@ def add_simformer_config(cfg):
     # Points per matched mask for focal / dice and per image for the matching costs; 0 = every pixel
     # (losses at the target resolution, costs at the mask-logit resolution: the exact objective).
     cfg.MODEL.MASK_FORMER.TRAIN_NUM_POINTS = 0
+    # Matching costs with TRAIN_NUM_POINTS > 0: "auto" reads the points only when they are fewer than the
+    # mask-logit pixels h*w, else every pixel (exact and cheaper: R50 at 256² has 64² = 4,096 < 12,544);
+    # "always" reads TRAIN_NUM_POINTS points at every size (Mask2Former's matcher). The losses always use
+    # the points when TRAIN_NUM_POINTS > 0.
+    cfg.MODEL.MASK_FORMER.MATCHER_POINT_SAMPLING = "auto"
     # Loss points: ceil(OVERSAMPLE_RATIO * TRAIN_NUM_POINTS) uniform candidates (>= 1) of which the
     # IMPORTANCE_SAMPLE_RATIO (in [0, 1]) share with the most uncertain logits is kept, the rest uniform;
     # 0 = uniform points (an unbiased estimate of the full-resolution losses).

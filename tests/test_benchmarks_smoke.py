@@ -21,6 +21,7 @@ bench_flops = importlib.import_module("bench_flops")
 bench_scaling = importlib.import_module("bench_scaling")
 bench_vs_hf = importlib.import_module("bench_vs_hf_maskformer")
 shared_confusion = importlib.import_module("shared_confusion")
+bench_weakshot_step = importlib.import_module("bench_weakshot_step")
 
 linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak-RSS reset needs Linux /proc")
 
@@ -75,6 +76,27 @@ def test_interleaved_alternates_order_and_drops_warmup():
     times = M.interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1, device=torch.device("cpu"))
     assert calls == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert [len(v["wall"]) for v in times.values()] == [3, 3] and [len(v["cpu"]) for v in times.values()] == [3, 3]
+
+
+def test_op_categories_put_convolutions_and_matmuls_in_their_rows():
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    x, w = torch.randn(2, 8, 32, 32), torch.randn(256, 256)
+
+    def fn():
+        conv(x).sum().backward()
+        (w @ w).relu()
+
+    cats = M.op_categories(fn)
+    assert cats["convolution"] > 0 and cats["matmul (linear, attention, mask products)"] > 0
+    parts = sum(v for k, v in cats.items() if k != "total")
+    assert parts == pytest.approx(cats["total"], rel=1e-6)
+
+
+def test_weakshot_step_builds_and_trains_every_model_and_option():
+    steps = bench_weakshot_step.build_steps(64, ["defaults", "points"], "cpu")
+    assert sorted(steps) == sorted((m, o) for m in ("seg", "seg_crosim") for o in ("defaults", "points"))
+    for step in steps.values():
+        step()  # forward with losses + backward + optimizer step, must not raise
 
 
 def test_growth_exponent():

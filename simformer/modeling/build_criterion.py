@@ -53,7 +53,7 @@ def build_criterion(cfg, weak_shot: bool = False) -> Tuple[SetCriterion, Dict[st
     (the SimFormer meta-architecture), :func:`weakshot_terms`; the weights of every name the criterion
     returns, ``_<i>`` copies for the intermediate layers when ``DEEP_SUPERVISION``."""
     mf = cfg.MODEL.MASK_FORMER
-    matcher = HungarianMatcher(cost_class=mf.COST_CLASS, cost_focal=mf.COST_FOCAL, cost_dice=mf.COST_DICE, cost_class_no_mask=mf.COST_CLASS_NO_MASK, num_points=mf.TRAIN_NUM_POINTS)
+    matcher = HungarianMatcher(cost_class=mf.COST_CLASS, cost_focal=mf.COST_FOCAL, cost_dice=mf.COST_DICE, cost_class_no_mask=mf.COST_CLASS_NO_MASK, num_points=mf.TRAIN_NUM_POINTS, point_sampling=mf.MATCHER_POINT_SAMPLING)
     terms = weakshot_terms(cfg) if weak_shot else []
     criterion = SetCriterion(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher, eos_coef=mf.NO_OBJECT_WEIGHT, **point_sampling_kwargs(cfg), terms=terms)
     layer = {"loss_ce": mf.CLASS_WEIGHT, "loss_focal": mf.MASK_WEIGHT, "loss_dice": mf.DICE_WEIGHT}

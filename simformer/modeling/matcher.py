@@ -13,6 +13,11 @@ Where the mask costs are evaluated (``num_points``):
     P>0  -- P uniform random points per image, shared by its queries, targets and decoder layers (logits
             read bilinearly, targets nearest at full resolution): an unbiased estimate of the continuous
             costs that needs Q*P + T*P values instead of Q*h*w + T*h*w (spec §11, a flagged deviation).
+            With ``point_sampling`` "auto" (MODEL.MASK_FORMER.MATCHER_POINT_SAMPLING, the default) the
+            points are used only when P < h*w; otherwise the exact every-pixel costs are both cheaper and
+            free of sampling noise (R50 at 256²: h*w = 4,096 < 12,544 points, matching all 6 layers of a
+            2-image batch takes 0.03 s instead of 0.26 s). "always" samples P points at every size
+            (Mask2Former's matcher).
 
 Costs of all decoder layers and images are computed on the predictions' device in fp32 (autocast off),
 then moved to the host in one copy; only the assignment (scipy) runs per layer and image. There is no
@@ -29,13 +34,15 @@ from torch.nn import functional as F
 from .losses.mask import batch_dice_cost, batch_sigmoid_focal_cost
 from .losses.point_sampling import point_sample, uniform_point_coords
 
-__all__ = ["HungarianMatcher"]
+__all__ = ["HungarianMatcher", "POINT_SAMPLING"]
+
+POINT_SAMPLING = ("auto", "always")  # matcher point sampling: only when fewer points than pixels / at every size
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
 class HungarianMatcher(nn.Module):
-    def __init__(self, cost_class: float = 1.0, cost_focal: float = 20.0, cost_dice: float = 1.0, cost_class_no_mask: float = None, num_points: int = 0):
+    def __init__(self, cost_class: float = 1.0, cost_focal: float = 20.0, cost_dice: float = 1.0, cost_class_no_mask: float = None, num_points: int = 0, point_sampling: str = "auto"):
         super().__init__()
         if cost_class == 0 and cost_focal == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: all costs are 0")
@@ -45,13 +52,22 @@ class HungarianMatcher(nn.Module):
         self.cost_class_no_mask = cost_class if cost_class_no_mask is None else cost_class_no_mask
         self.cost_focal = cost_focal
         self.cost_dice = cost_dice
+        if point_sampling not in POINT_SAMPLING:
+            raise ValueError(f"MODEL.MASK_FORMER.MATCHER_POINT_SAMPLING must be one of {POINT_SAMPLING}, got {point_sampling!r}")
         self.num_points = int(num_points)
+        self.point_sampling = point_sampling
+
+    def uses_points(self, size) -> bool:
+        """Whether the mask costs of (h, w) = ``size`` mask logits are read at points (see the module doc)."""
+        if self.num_points == 0:
+            return False
+        return self.point_sampling == "always" or self.num_points < size[0] * size[1]
 
     def _mask_values(self, pred_masks: List[torch.Tensor], tgt_masks: torch.Tensor):
         """N layers' (Q, h, w) logits of one image and its (T, H, W) targets -> (N*Q, P') logits, (T, P') targets.
         Each layer is read where it lies (no (N, Q, h, w) stack is built)."""
         size = pred_masks[0].shape[-2:]
-        if self.num_points == 0:
+        if not self.uses_points(size):
             tgt = F.interpolate(tgt_masks[:, None].float(), size=size, mode="nearest")[:, 0]
             return torch.cat([m.reshape(m.shape[0], -1).float() for m in pred_masks]), tgt.flatten(1)
         coords = uniform_point_coords(1, self.num_points, pred_masks[0].device)  # (1, P, 2): same points for all

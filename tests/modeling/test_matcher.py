@@ -66,3 +66,32 @@ def test_targets_without_mask_are_matched_by_class_score_alone():
     rows, cols = matcher({"pred_logits": logits, "pred_masks": pred_masks}, [tgt])[0]
     assignment = dict(zip(cols.tolist(), rows.tolist()))
     assert assignment == {0: 0, 1: 1}
+
+
+def test_auto_point_sampling_uses_every_pixel_when_points_are_not_fewer():
+    """MATCHER_POINT_SAMPLING "auto": P >= h*w gives exactly the every-pixel costs; P < h*w gives exactly
+    the point costs of "always" (same random points); "always" with P >= h*w still samples (different)."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 1, 6, 5, generator=g)  # (N layers, B, Q, K+1)
+    masks = torch.randn(2, 1, 6, 8, 8, generator=g)  # h*w = 64
+    tgt = [_targets(g, 3, 4, 32)]
+    exact = HungarianMatcher(num_points=0).layer_cost_matrices(logits, masks, tgt)[0]
+    auto_many = HungarianMatcher(num_points=64).layer_cost_matrices(logits, masks, tgt)[0]
+    assert torch.equal(auto_many, exact)
+    torch.manual_seed(7)
+    always_many = HungarianMatcher(num_points=64, point_sampling="always").layer_cost_matrices(logits, masks, tgt)[0]
+    assert not torch.allclose(always_many, exact)
+    torch.manual_seed(7)
+    auto_few = HungarianMatcher(num_points=63).layer_cost_matrices(logits, masks, tgt)[0]
+    torch.manual_seed(7)
+    always_few = HungarianMatcher(num_points=63, point_sampling="always").layer_cost_matrices(logits, masks, tgt)[0]
+    assert torch.equal(auto_few, always_few) and not torch.allclose(auto_few, exact)
+    assert HungarianMatcher(num_points=64).uses_points((8, 8)) is False
+    assert HungarianMatcher(num_points=64).uses_points((8, 9)) is True
+
+
+def test_matcher_point_sampling_rejects_unknown_mode():
+    import pytest
+
+    with pytest.raises(ValueError, match="MODEL.MASK_FORMER.MATCHER_POINT_SAMPLING"):
+        HungarianMatcher(num_points=10, point_sampling="sometimes")
