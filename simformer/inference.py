@@ -23,13 +23,15 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor, inplace:
     return torch.einsum("bqc,bqhw->bchw", prob, masks)
 
 
-def upsampled_semantic_inference(mask_cls: torch.Tensor, mask_logits: torch.Tensor, size, band_elements: int = 1 << 22) -> torch.Tensor:
+def upsampled_semantic_inference(mask_cls: torch.Tensor, mask_logits: torch.Tensor, size, band_elements: int = 1 << 18) -> torch.Tensor:
     """:func:`semantic_inference` of the mask logits bilinearly upsampled to ``size`` (what inference needs),
     without holding every upsampled mask: the output is made in bands of rows; for each band the masks
     are resampled at exactly the points ``F.interpolate(..., mode="bilinear", align_corners=False)`` would
     use (``grid_sample`` with border clamping), passed through the sigmoid and summed over queries in one
-    matrix product. Peak memory K*H*W plus one band (about ``band_elements`` mask values) instead of
-    (K + Q)*H*W, and one pass over the output. Equal to upsample-then-sum up to float rounding.
+    matrix product written straight into the band's columns of the output (``out=``; with gradients
+    needed, an assignment instead). Peak memory K*H*W plus one band of ``band_elements`` mask values (1 MiB
+    by default) instead of (K + Q)*H*W, and one pass over the output. Equal to upsample-then-sum up to float
+    rounding.
 
     Args:
         mask_cls: (B, Q, K+1) class logits; mask_logits: (B, Q, h, w) mask logits; size: (H, W).
@@ -41,7 +43,8 @@ def upsampled_semantic_inference(mask_cls: torch.Tensor, mask_logits: torch.Tens
     b, k, q = prob_t.shape
     h, w = masks.shape[-2:]
     out_h, out_w = int(size[0]), int(size[1])
-    scores = prob_t.new_empty((b, k, out_h, out_w))
+    scores = prob_t.new_empty((b, k, out_h * out_w))
+    needs_grad = torch.is_grad_enabled() and (mask_cls.requires_grad or mask_logits.requires_grad)
     device = masks.device
     # source coordinates of interpolate(align_corners=False), then grid_sample's normalisation of them
     xs = ((torch.arange(out_w, device=device, dtype=torch.float32) + 0.5) * (w / out_w) - 0.5).clamp(min=0)
@@ -52,8 +55,12 @@ def upsampled_semantic_inference(mask_cls: torch.Tensor, mask_logits: torch.Tens
         band_y = gy[r0 : r0 + rows]
         grid = torch.stack((gx.expand(len(band_y), out_w), band_y[:, None].expand(len(band_y), out_w)), dim=-1)
         up = F.grid_sample(masks, grid[None].expand(b, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False).sigmoid_()
-        scores[:, :, r0 : r0 + rows] = torch.bmm(prob_t, up.flatten(2)).view(b, k, len(band_y), out_w)
-    return scores
+        columns = slice(r0 * out_w, (r0 + len(band_y)) * out_w)
+        if needs_grad:
+            scores[:, :, columns] = torch.bmm(prob_t, up.flatten(2))
+        else:  # no (B, K, rows * W) temporary
+            torch.bmm(prob_t, up.flatten(2), out=scores[:, :, columns])
+    return scores.view(b, k, out_h, out_w)
 
 
 def postprocess_sem_seg(result: torch.Tensor, image_size, output_height: int, output_width: int) -> torch.Tensor:

@@ -60,3 +60,20 @@ def test_upsampled_semantic_inference_equals_upsample_then_sum(size, band):
     want = semantic_inference(cls, F.interpolate(masks, size=size, mode="bilinear", align_corners=False))
     got = upsampled_semantic_inference(cls, masks, size, band_elements=band)
     assert got.shape == (2, 5, *size) and torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_upsampled_semantic_inference_with_gradients_equals_without():
+    """Inputs that need gradients take the assignment path (``out=`` does not support autograd): the same
+    scores, and gradients flow to the class and mask logits."""
+    from simformer.inference import upsampled_semantic_inference
+
+    g = torch.Generator().manual_seed(1)
+    cls, masks = torch.randn(1, 4, 5, generator=g), torch.randn(1, 4, 3, 5, generator=g)
+    with torch.no_grad():
+        plain = upsampled_semantic_inference(cls, masks, (7, 11), band_elements=4 * 11 * 2)
+    cls.requires_grad_(True)
+    masks.requires_grad_(True)
+    scored = upsampled_semantic_inference(cls, masks, (7, 11), band_elements=4 * 11 * 2)
+    assert torch.equal(scored.detach(), plain)
+    scored.sum().backward()
+    assert cls.grad.abs().sum() > 0 and masks.grad.abs().sum() > 0
