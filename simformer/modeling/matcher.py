@@ -31,7 +31,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.nn import functional as F
 
-from .losses.mask import batch_dice_cost, batch_sigmoid_focal_cost
+from .losses.mask import batch_focal_dice_cost
 from .losses.point_sampling import point_sample, uniform_point_coords
 
 __all__ = ["HungarianMatcher", "POINT_SAMPLING"]
@@ -98,7 +98,7 @@ class HungarianMatcher(nn.Module):
                 cost = -class_weight * prob[..., labels]  # (N, Q, T)
                 if (self.cost_focal or self.cost_dice) and len(labels):
                     out, tgt_mask = self._mask_values([m[b] for m in pred_masks], tgt["masks"])
-                    mask_cost = self.cost_focal * batch_sigmoid_focal_cost(out, tgt_mask) + self.cost_dice * batch_dice_cost(out, tgt_mask)
+                    mask_cost = batch_focal_dice_cost(out, tgt_mask, self.cost_focal, self.cost_dice)
                     # no-mask targets: class term only (a select, not a boolean index: no host sync)
                     cost = cost + torch.where(has_mask, mask_cost, torch.zeros_like(mask_cost)).view(cost.shape)
                 costs.append(cost)

@@ -96,3 +96,19 @@ def test_weighted_cross_entropy_downweights_no_object():
     ce1 = -torch.log_softmax(logits2[0, 1], -1)[2]
     expected = (1.0 * ce0 + 0.1 * ce1) / 1.1
     assert torch.allclose(weighted_cross_entropy(logits2, target, weight), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("focal_weight, dice_weight, alpha, gamma", [(20.0, 1.0, 0.25, 2.0), (1.0, 0.0, -1.0, 2.0), (0.0, 5.0, 0.25, 2.0), (3.0, 2.0, 0.5, 1.5)])
+def test_fused_focal_dice_cost_equals_the_two_costs(focal_weight, dice_weight, alpha, gamma):
+    """The matcher's fused mask cost = weighted sum of the reference pairwise costs, for ordinary and
+    saturated logits (|x| up to 40, where softplus switches to its linear branch)."""
+    from simformer.modeling.losses import batch_focal_dice_cost
+
+    g = torch.Generator().manual_seed(4)
+    logits = torch.cat([torch.randn(6, 300, generator=g) * 3, torch.randn(3, 300, generator=g) * 40])
+    targets = (torch.rand(5, 300, generator=g) > 0.6).float()
+    want = focal_weight * batch_sigmoid_focal_cost(logits, targets, alpha, gamma) + dice_weight * batch_dice_cost(logits, targets)
+    before = logits.clone()
+    got = batch_focal_dice_cost(logits, targets, focal_weight, dice_weight, alpha, gamma)
+    assert got.shape == (9, 5) and torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    assert torch.equal(logits, before)  # the in-place steps work on temporaries only

@@ -2,6 +2,7 @@
 from .classification import weighted_cross_entropy
 from .mask import (
     batch_dice_cost,
+    batch_focal_dice_cost,
     batch_sigmoid_focal_cost,
     dice_loss,
     sigmoid_focal_loss,
@@ -11,6 +12,7 @@ from .pixel_contrast import group_ranks, pixel_contrast_loss, ring_buffer_slots,
 __all__ = [
     "weighted_cross_entropy",
     "batch_dice_cost",
+    "batch_focal_dice_cost",
     "batch_sigmoid_focal_cost",
     "dice_loss",
     "sigmoid_focal_loss",

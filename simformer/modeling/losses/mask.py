@@ -6,7 +6,7 @@ Shapes: ``logits`` and ``targets`` are (N, P) for N masks of P pixels (flattened
 import torch
 import torch.nn.functional as F
 
-__all__ = ["sigmoid_focal_loss", "dice_loss", "batch_sigmoid_focal_cost", "batch_dice_cost"]
+__all__ = ["sigmoid_focal_loss", "dice_loss", "batch_sigmoid_focal_cost", "batch_dice_cost", "batch_focal_dice_cost"]
 
 
 def sigmoid_focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 2.0, binary_targets: bool = False):
@@ -95,3 +95,30 @@ def batch_dice_cost(logits, targets, smooth: float = 1.0):
     numerator = 2 * prob @ targets.T
     denominator = prob.sum(-1)[:, None] + targets.sum(-1)[None, :]
     return 1 - (numerator + smooth) / (denominator + smooth)
+
+
+@torch.no_grad()
+def batch_focal_dice_cost(logits, targets, focal_weight: float = 1.0, dice_weight: float = 1.0, alpha: float = 0.25, gamma: float = 2.0, smooth: float = 1.0):
+    """``focal_weight * batch_sigmoid_focal_cost + dice_weight * batch_dice_cost`` (the matcher's mask costs),
+    (Q, P) x (T, P) -> (Q, T), equal up to float rounding, with three (Q, P) temporaries instead of about a
+    dozen (one sigmoid shared by both costs; BCE(x, 1) = softplus(-x) and BCE(x, 0) = softplus(-x) + x; the
+    negative-target product folded into a row sum: f_neg @ (1 - t).T = f_neg.sum(-1) - f_neg @ t.T). The
+    element-wise passes over Q x P values are what the full-resolution matcher spends its time on. No
+    gradients (a matching cost)."""
+    t = targets.to(logits.dtype)
+    prob = logits.sigmoid()
+    cost = logits.new_zeros((logits.shape[0], targets.shape[0]))
+    if dice_weight:
+        numerator = 2 * prob @ t.T
+        denominator = prob.sum(-1)[:, None] + t.sum(-1)[None, :]
+        cost += dice_weight * (1 - (numerator + smooth) / (denominator + smooth))
+    if focal_weight:
+        bce_pos = F.softplus(-logits)  # BCE(x, 1)
+        focal_pos = (1 - prob).pow_(gamma).mul_(bce_pos)
+        focal_neg = prob.pow_(gamma).mul_(bce_pos.add_(logits))  # prob and bce_pos reused: p^gamma * BCE(x, 0)
+        if alpha >= 0:
+            focal_pos.mul_(alpha)
+            focal_neg.mul_(1 - alpha)
+        neg_total = focal_neg.sum(-1, keepdim=True)
+        cost += (focal_weight / logits.shape[1]) * (focal_pos.sub_(focal_neg) @ t.T + neg_total)
+    return cost
