@@ -2,7 +2,7 @@
 """Linear probe on the second synthetic dataset: are the 12 classes (objects = shape x texture) linearly
 readable from a trained model's pixel-decoder output (``mask_features``)?
 
-    python benchmarks/shared_feature_probe.py RUN_DIR WEIGHTS
+    python benchmarks/shared_feature_probe.py RUN_DIR WEIGHTS [--feature mask_features|res2|res3|res4|res5]
 
 Features of every synthetic_shared train / val image at 1/4 resolution (labels nearest-downsampled,
 ignore dropped), standardised with the train statistics; a linear classifier (Adam, 600 steps of 8,192
@@ -20,7 +20,12 @@ from simformer import add_simformer_config
 from simformer.data.image_io import read_image_file, read_label_file
 from torch.nn import functional as F
 torch.manual_seed(0)
-run, weights = sys.argv[1], sys.argv[2]
+import argparse
+parser = argparse.ArgumentParser(description="linear probe of a model's features on synthetic_shared")
+parser.add_argument("run"); parser.add_argument("weights")
+parser.add_argument("--feature", default="mask_features", help="mask_features (pixel-decoder output) or a backbone level res2..res5")
+args = parser.parse_args()
+run, weights = args.run, args.weights
 cfg = get_cfg(); add_simformer_config(cfg); cfg.set_new_allowed(True); cfg.merge_from_file(run + "/config.yaml"); cfg.MODEL.WEIGHTS = weights; cfg.freeze()
 model = build_model(cfg); DetectionCheckpointer(model).load(weights); model.eval()
 def feats(split):
@@ -30,7 +35,8 @@ def feats(split):
         lab = torch.as_tensor(read_label_file(d["sem_seg_file_name"]).astype(np.int64))
         x = ((img - model.pixel_mean.cpu()) / model.pixel_std.cpu())[None]
         with torch.no_grad():
-            f = model.sem_seg_head.pixel_decoder.forward_features(model.backbone(x))[0][0]  # (C, h, w)
+            levels = model.backbone(x)
+            f = (model.sem_seg_head.pixel_decoder.forward_features(levels)[0] if args.feature == "mask_features" else levels[args.feature])[0]  # (C, h, w)
         y = F.interpolate(lab[None, None].float(), size=f.shape[-2:], mode="nearest")[0, 0].long()
         X.append(f.flatten(1).T); Y.append(y.flatten())
     return torch.cat(X), torch.cat(Y)
@@ -52,5 +58,5 @@ def share(p, y):
     isobj = po >= 3
     wrong_shape = (isobj & (po != yo) & (tex(po) == tex(yo))).float().mean().item()
     return round(100 * right, 1), round(100 * wrong_shape, 1)
-print(run.split("/")[-2] + "/" + run.split("/")[-1], "features", Xtr.shape[1], "| train pixel acc %.1f val %.1f" % (100 * (ptr == Ytr).float().mean(), 100 * (pva == Yva).float().mean()),
+print(run.split("/")[-2] + "/" + run.split("/")[-1], args.feature, Xtr.shape[1], "channels,", "| train pixel acc %.1f val %.1f" % (100 * (ptr == Ytr).float().mean(), 100 * (pva == Yva).float().mean()),
       "| val object pixels right / right-texture-wrong-shape:", share(pva, Yva), "| train objects:", share(ptr, Ytr))
