@@ -63,8 +63,7 @@ def build_steps(size, options, device):
             if data is None:
                 novel = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).novel_class_ids
                 data = M.weakshot_pair_batch(1, size, 171, novel, classes_per_image=8)
-                unpaired = [dict(data[0], pair=None), data[0]["pair"]]
-                unpaired[0].pop("pair")
+                unpaired = [{k: v for k, v in data[0].items() if k != "pair"}, data[0]["pair"]]
             torch.manual_seed(0)
             model = build_model(cfg)
             if name in first:  # the same weights for every option of one model
