@@ -343,6 +343,11 @@ def add_simformer_config(cfg):
     # the padding of an image with image-level novel labels, -log of the pixel classifier's probability of the
     # tagged novel classes (the pixel-level complementary loss); 0 = off (novel classes get no pixel signal).
     cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NOVEL_WEIGHT = 0.0
+    # Class prototypes of the pixel classifier: "queries" = per-image prototypes pooled from the final-layer query
+    # mask-embeddings (spec §9.2 "B2"); "learned" = the classifier's own class weights, shared by all images, so
+    # the pixel features themselves must tell the classes apart (on data where classes share a texture and differ
+    # by shape, "queries" never trains shape into the pixel features: README, second dataset).
+    cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES = "queries"
     # Semantic map of inference: "maskformer" = sum_q p_q(k) sigmoid(m_q); "pixel" = softmax of the pixel
     # classifier's logits; "fusion" = maskformer^(1 - FUSION_WEIGHT) * pixel^FUSION_WEIGHT (weighted geometric mean).
     # Any other than "maskformer" needs NAME. On the synthetic weak-shot ablation (README) "pixel" was best with SSA,

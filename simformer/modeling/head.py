@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .classifiers import CLASSIFIER_REGISTRY
-from .pixel_classification import query_class_prototypes, tagged_region_loss
+from .pixel_classification import PIXEL_PROTOTYPES, query_class_prototypes, tagged_region_loss
 from .pixel_decoder import build_pixel_decoder
 from .transformer_decoder import TRANSFORMER_DECODER_REGISTRY, build_transformer_decoder
 
@@ -29,7 +29,8 @@ class MaskFormerHead(nn.Module):
 
     Optional pixel classification layer (spec §9.2 "B2", ``MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME``): a
     classifier from CLASSIFIER_REGISTRY classifies ``mask_features`` against per-image class prototypes
-    (B, K, C) pooled from the final-layer query mask-embeddings (:func:`query_class_prototypes`) and adds
+    (B, K, C) pooled from the final-layer query mask-embeddings (:func:`query_class_prototypes`), or with
+    ``pixel_prototypes="learned"`` against its own class weights (K, C), and adds
     ``pixel_logits`` (B, K, H/4, W/4) to the outputs. Given ``targets`` (B, H, W) in training it also adds
     ``pixel_losses``: ``loss_pixel_ce`` (CE of the logits bilinearly upsampled to the targets' size, times
     ``pixel_ce_weight``) and the classifier's own weighted terms; given the image-level novel labels and
@@ -46,6 +47,7 @@ class MaskFormerHead(nn.Module):
         transformer_predictor: nn.Module,
         transformer_in_feature: str,
         pixel_classifier: Optional[nn.Module] = None,
+        pixel_prototypes: str = "queries",
         pixel_ce_weight: float = 1.0,
         pixel_novel_weight: float = 0.0,
         ignore_value: int = 255,
@@ -56,7 +58,10 @@ class MaskFormerHead(nn.Module):
         self.predictor = transformer_predictor
         self.transformer_in_feature = transformer_in_feature
         self.multi_scale_predictor = getattr(transformer_predictor, "uses_multi_scale", False)
+        if pixel_prototypes not in PIXEL_PROTOTYPES:
+            raise ValueError(f"MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES must be one of {PIXEL_PROTOTYPES}, got {pixel_prototypes!r}")
         self.pixel_classifier = pixel_classifier
+        self.pixel_prototypes = pixel_prototypes
         self.pixel_ce_weight = pixel_ce_weight
         self.pixel_novel_weight = pixel_novel_weight
         self.ignore_value = ignore_value
@@ -79,7 +84,9 @@ class MaskFormerHead(nn.Module):
         if pc.NAME and pc.NAME not in CLASSIFIER_REGISTRY:
             raise KeyError(f"MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME={pc.NAME!r} is not in CLASSIFIER_REGISTRY ({sorted(k for k, _ in CLASSIFIER_REGISTRY)})")
         pixel_classifier = CLASSIFIER_REGISTRY.get(pc.NAME)(cfg, head.MASK_DIM, head.NUM_CLASSES) if pc.NAME else None
-        if pixel_classifier is not None:
+        if pc.PROTOTYPES not in PIXEL_PROTOTYPES:
+            raise ValueError(f"MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES must be one of {PIXEL_PROTOTYPES}, got {pc.PROTOTYPES!r}")
+        if pixel_classifier is not None and pc.PROTOTYPES == "queries":
             pixel_classifier.expect_prototypes()  # the per-image prototypes replace its own class weights
         return {
             "input_shape": {k: v for k, v in input_shape.items() if k in head.IN_FEATURES},
@@ -88,6 +95,7 @@ class MaskFormerHead(nn.Module):
             "transformer_predictor": build_transformer_decoder(cfg, in_channels, mask_classification=True),
             "transformer_in_feature": in_feature,
             "pixel_classifier": pixel_classifier,
+            "pixel_prototypes": pc.PROTOTYPES,
             "pixel_ce_weight": pc.CE_WEIGHT,
             "pixel_novel_weight": pc.NOVEL_WEIGHT,
             "ignore_value": head.IGNORE_VALUE,
@@ -113,7 +121,7 @@ class MaskFormerHead(nn.Module):
             out = self.predictor(x, mask_features)
         out["mask_features"] = mask_features
         if self.pixel_classifier is not None:
-            prototypes = query_class_prototypes(out["pred_logits"], out["mask_embed"])
+            prototypes = query_class_prototypes(out["pred_logits"], out["mask_embed"]) if self.pixel_prototypes == "queries" else None
             logits, losses = self.pixel_classifier(mask_features, targets, prototypes)
             out["pixel_logits"] = logits
             if targets is not None:

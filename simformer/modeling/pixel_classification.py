@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 __all__ = [
     "SEMANTIC_MAPS",
+    "PIXEL_PROTOTYPES",
     "query_class_prototypes",
     "label_map_from_targets",
     "novel_tag_region",
@@ -33,6 +34,8 @@ __all__ = [
 
 # MODEL.MASK_FORMER.PIXEL_CLASSIFIER.SEMANTIC_MAP
 SEMANTIC_MAPS = ("maskformer", "pixel", "fusion")
+# MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES: per-image prototypes from the queries, or the classifier's own weights
+PIXEL_PROTOTYPES = ("queries", "learned")
 
 
 def query_class_prototypes(class_logits: torch.Tensor, mask_embed: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

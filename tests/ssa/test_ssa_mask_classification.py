@@ -297,21 +297,42 @@ def test_every_registered_classifier_is_tested_in_both_slots():
     assert {"LinearClassifier", "SSAClassifier", "CCSClassifier"} <= set(ALL_CLASSIFIERS)
 
 
+@pytest.mark.parametrize("prototypes", ["queries", "learned"])
 @pytest.mark.parametrize("classifier", ALL_CLASSIFIERS)
-def test_every_trainable_parameter_gets_a_gradient(classifier):
+def test_every_trainable_parameter_gets_a_gradient(classifier, prototypes):
     """Every registered classifier works as the pixel classification layer (LinearClassifier used to raise
     TypeError there). DistributedDataParallel (find_unused_parameters=False) needs a gradient for every
     trainable parameter: the classifier's fixed prototype weight, replaced by the per-image prototypes, must
     be frozen."""
     torch.manual_seed(0)
-    cfg = _cfg(MASKFORMER_SSA, "MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME", classifier)
+    cfg = _cfg(MASKFORMER_SSA, "MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME", classifier, "MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES", prototypes)
     model = build_model(cfg)
     model.train()
     sum(model(_batch(0)).values()).backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
-    assert not model.sem_seg_head.pixel_classifier.conv.weight.requires_grad
+    # "learned": the classifier's own class weights are the prototypes, so they are trained
+    assert model.sem_seg_head.pixel_classifier.conv.weight.requires_grad == (prototypes == "learned")
     assert model.sem_seg_head.pixel_classifier.conv.bias.grad is not None
+
+
+def test_learned_prototypes_ignore_the_queries():
+    """PROTOTYPES "learned": the pixel logits are the classifier applied to mask_features with its own weights
+    (the per-pixel placement), whatever the queries say; a bad value names the key."""
+    torch.manual_seed(0)
+    model = build_model(_cfg(MASKFORMER_SSA, "MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES", "learned")).eval()
+    head = model.sem_seg_head
+    x = model.preprocess_image([{"image": b["image"]} for b in _batch(2)]).tensor
+    with torch.no_grad():
+        features = model.backbone(x)
+        out = head(features)
+        assert torch.allclose(out["pixel_logits"], head.pixel_classifier(out["mask_features"])[0], atol=1e-5)
+        head.predictor.class_embed.weight.mul_(-3.0)  # other query class probabilities -> other query prototypes
+        changed = head(features)
+    assert not torch.allclose(changed["pred_logits"], out["pred_logits"])
+    assert torch.allclose(changed["pixel_logits"], out["pixel_logits"], atol=1e-5)
+    with pytest.raises(ValueError, match="PIXEL_CLASSIFIER.PROTOTYPES"):
+        build_model(_cfg(MASKFORMER_SSA, "MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES", "image"))
 
 
 @pytest.mark.parametrize("classifier", ALL_CLASSIFIERS)
