@@ -17,9 +17,12 @@ import statistics
 import subprocess
 import sys
 import time
+import weakref
 from typing import Callable, Dict, List
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R50_CONFIG = os.path.join(REPO, "configs", "maskformer", "maskformer_R50.yaml")
@@ -159,6 +162,42 @@ class PeakMemory:
     @property
     def delta(self) -> int:
         return self.peak - self.baseline
+
+
+class LiveTensorPeak(TorchDispatchMode):
+    """``with LiveTensorPeak() as m: work()`` then ``m.peak`` (bytes) and ``m.peak_op`` (op name, shape).
+
+    The high-water mark of the tensor storages created inside the block: every op output that does not
+    alias one of the op's inputs counts its storage's bytes until that storage is freed. Deterministic, unlike
+    RSS (no allocator caching, fragmentation or other threads), so two models compare to the byte; blind to
+    op-internal workspaces (e.g. a convolution's scratch buffers) and to memory allocated outside PyTorch ops.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.peak_op = None
+        self._sizes: Dict[int, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or key in inputs or key in self._sizes:
+                continue
+            self._sizes[key] = size
+            self.live += size
+            if self.live > self.peak:
+                self.peak, self.peak_op = self.live, (str(func), tuple(t.shape))
+            weakref.finalize(storage, self._free, key)
+        return out
+
+    def _free(self, key: int):
+        self.live -= self._sizes.pop(key, 0)
 
 
 # ---------------------------------------------------------------- subprocess workers

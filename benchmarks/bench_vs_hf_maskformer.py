@@ -310,6 +310,14 @@ def main(argv=None):
     ]
     if device.type == "cpu":  # process CPU seconds: less disturbed by other load on a shared machine
         rows += [("training step, CPU time (s)", tc["ours"], tc["peer"], TARGET_TIME), ("inference, CPU time (ms/image)", ic["ours"], ic["peer"], None)]
+    live = {}
+    for mode, fns in (("train", {"ours": ours_step, "peer": peer_step}), ("infer", {"ours": ours_infer, "peer": peer_infer})):
+        for side, fn in fns.items():
+            with M.LiveTensorPeak() as m:
+                fn()
+            live[mode, side] = m
+        label = "training" if mode == "train" else "inference"
+        rows.append((f"{label} peak live tensors (MiB)", live[mode, "ours"].peak / M.MIB, live[mode, "peer"].peak / M.MIB, None))
     if not args.skip_memory:
         for mode in ("train", "infer"):
             mem = {side: memory_of(side, mode, args) for side in ("ours", "peer")}
@@ -330,6 +338,9 @@ def main(argv=None):
     if not args.skip_memory:
         print(f"memory: each side in a fresh subprocess; total = whole-process peak ({method}), delta = peak - RSS after "
               "imports, model build and input creation; training memory over warm-up + timed steps")
+    print("peak live tensors: in this process, the high-water mark of the tensor storages one step / inference creates "
+          "(benchmarks/_measure.LiveTensorPeak: deterministic, no allocator effects, op workspaces not counted); at the peak: "
+          + "; ".join(f"{mode} {side} {live[mode, side].peak_op[0]} {live[mode, side].peak_op[1]}" for mode, side in live))
     print("training step: ours = forward with losses + backward + the project's optimizer (fused AdamW, full-model gradient "
           "clipping); peer = the same with fused torch AdamW (HF Trainer's default)")
 

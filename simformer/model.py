@@ -30,6 +30,9 @@ from .modeling.pixel_classification import SEMANTIC_MAPS, fuse_semantic_maps, la
 
 __all__ = ["MaskFormer"]
 
+# the head outputs :meth:`MaskFormer.semantic_scores` reads
+SCORE_INPUTS = ("pred_logits", "pred_masks", "pixel_logits")
+
 
 @META_ARCH_REGISTRY.register()
 class MaskFormer(nn.Module):
@@ -120,7 +123,11 @@ class MaskFormer(nn.Module):
         images = self.preprocess_image(batched_inputs)
         features = self.backbone(images.tensor)
         if not self.training:
-            return self.inference(self.sem_seg_head(features), images, batched_inputs)
+            outputs = self.sem_seg_head(features)
+            # free the backbone maps and the head outputs the scores do not read before the (K, H, W) score maps
+            del features
+            outputs = {k: outputs[k] for k in SCORE_INPUTS if k in outputs}
+            return self.inference(outputs, images, batched_inputs)
         if "instances" not in batched_inputs[0]:
             raise KeyError("MaskFormer training needs 'instances' in each input dict (use a training mapper)")
         targets = self.prepare_targets(batched_inputs, images)

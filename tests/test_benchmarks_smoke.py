@@ -92,6 +92,19 @@ def test_op_categories_put_convolutions_and_matmuls_in_their_rows():
     assert parts == pytest.approx(cats["total"], rel=1e-6)
 
 
+def test_live_tensor_peak_counts_new_storages_until_freed():
+    with M.LiveTensorPeak() as m:
+        a = torch.ones(1000)  # 4,000 bytes
+        b = a * 2  # + 4,000
+        b.view(10, 100).t()  # views alias b: nothing new
+        del a  # - 4,000
+        c = torch.zeros(2000)  # + 8,000: peak 12,000
+        del c
+        d = torch.ones(500)  # + 2,000
+    assert m.peak == 12000 and m.live == 6000 and m.peak_op[1] == (2000,)
+    assert b.sum() == 2000 and d.numel() == 500
+
+
 def test_weakshot_step_builds_and_trains_every_model_and_option():
     steps = bench_weakshot_step.build_steps(64, ["defaults", "points"], "cpu")
     assert sorted(steps) == sorted((m, o) for m in ("seg", "seg_crosim") for o in ("defaults", "points"))
