@@ -25,6 +25,7 @@ autocast state. Host-device syncs: one copy of the matching costs of all layers 
 """
 from typing import Dict, List, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -38,6 +39,9 @@ __all__ = ["SetCriterion", "host_has_mask", "host_matched_pairs", "point_samplin
 
 _TERM_NAMES = {"labels": ("loss_ce",), "masks": ("loss_focal", "loss_dice")}
 HOST_HAS_MASK = "has_mask_host"  # target key set by SetCriterion.forward: has_mask (T,) bool on the CPU
+# target key set by SetCriterion.forward: the masks of every image's has-mask targets, concatenated once in image
+# order (M, H, W) and shared by all the decoder layers' mask losses
+MASKS_WITH_MASK = "masks_with_mask_all_images"
 
 
 def _global_mean_count(count: torch.Tensor) -> torch.Tensor:
@@ -89,6 +93,12 @@ def host_matched_pairs(targets: List[Dict], indices, with_mask: bool = True):
         keep = flags[j] if with_mask else ~flags[j]
         pairs.append((i[keep], j[keep]))
     return pairs
+
+
+def masks_with_mask(targets: List[Dict], flags: List[torch.Tensor]) -> torch.Tensor:
+    """(M, H, W): the masks of the targets with ``flags`` (per image (T,) bool on the CPU) set, images in order."""
+    parts = [t["masks"] if bool(f.all()) else t["masks"][f.to(t["masks"].device)] for t, f in zip(targets, flags)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class SetCriterion(nn.Module):
@@ -143,15 +153,25 @@ class SetCriterion(nn.Module):
         return {"loss_ce": weighted_cross_entropy(logits, target_classes, self.empty_weight.to(logits.dtype))}
 
     def _matched_with_mask(self, targets, indices, device):
-        """Matched pairs whose target has a mask, selected on the host: (batch, query) index tensors (M,) on
-        ``device`` and the (M, H, W) target masks."""
-        batch_idx, src_idx, masks = [], [], []
-        for b, (t, (i, j)) in enumerate(zip(targets, host_matched_pairs(targets, indices, with_mask=True))):
-            i, j = torch.from_numpy(i), torch.from_numpy(j)
-            batch_idx.append(torch.full_like(i, b))
-            src_idx.append(i)
-            masks.append(t["masks"][j.to(t["masks"].device)])
-        return torch.cat(batch_idx).to(device), torch.cat(src_idx).to(device), torch.cat(masks).to(device)
+        """Matched pairs whose target has a mask, selected on the host and ordered by target: (batch, query)
+        index tensors (M,) on ``device`` and the (M, H, W) target masks. When every has-mask target is
+        matched (always with at least as many queries as targets) the masks are the concatenation made once
+        per forward (``MASKS_WITH_MASK``), not a copy per decoder layer."""
+        flags = [t[HOST_HAS_MASK] if HOST_HAS_MASK in t else host_has_mask([t])[0] for t in targets]
+        batch_idx, src_idx, rows, offset = [], [], [], 0
+        for b, ((i, j), f) in enumerate(zip(host_matched_pairs(targets, indices, with_mask=True), flags)):
+            order = np.argsort(j, kind="stable")
+            f = f.numpy()
+            rows.append(offset + (np.cumsum(f) - 1)[j[order]])  # row of each target among the has-mask ones
+            offset += int(f.sum())
+            batch_idx.append(np.full(len(i), b, dtype=np.int64))
+            src_idx.append(i[order].astype(np.int64))
+        rows = np.concatenate(rows).astype(np.int64)
+        masks = targets[0][MASKS_WITH_MASK] if MASKS_WITH_MASK in targets[0] else masks_with_mask(targets, flags)
+        if len(rows) != masks.shape[0] or not (rows == np.arange(len(rows))).all():
+            masks = masks[torch.from_numpy(rows).to(masks.device)]
+        to = lambda a: torch.from_numpy(np.concatenate(a)).to(device)  # noqa: E731
+        return to(batch_idx), to(src_idx), masks.to(device)
 
     def loss_masks(self, outputs, targets, indices, num_masks):
         pred_masks = outputs["pred_masks"]
@@ -203,10 +223,12 @@ class SetCriterion(nn.Module):
     def forward(self, outputs: Dict, targets: List[Dict]) -> Dict[str, torch.Tensor]:
         """outputs: pred_logits (B, Q, K+1), pred_masks (B, Q, h, w), optional aux_outputs;
         targets[b]: labels (T,), masks (T, H, W) at the padded input size, optional has_mask (T,).
-        The targets are passed on (shallow copies) with ``has_mask_host``, their flags on the CPU."""
+        The targets are passed on (shallow copies) with ``has_mask_host``, their flags on the CPU, and
+        ``MASKS_WITH_MASK``, the has-mask target masks of all images concatenated once."""
         device = outputs["pred_masks"].device
         flags = host_has_mask(targets)
-        targets = [dict(t, **{HOST_HAS_MASK: f}) for t, f in zip(targets, flags)]
+        shared = masks_with_mask(targets, flags)
+        targets = [dict(t, **{HOST_HAS_MASK: f, MASKS_WITH_MASK: shared}) for t, f in zip(targets, flags)]
         num_masks = float(sum(f.numpy().sum() for f in flags))  # host values
         num_masks = _global_mean_count(torch.as_tensor(num_masks, device=device))
         aux = list(outputs.get("aux_outputs", []))

@@ -64,3 +64,50 @@ def test_losses_decrease_when_optimised():
         total.backward()
         opt.step()
     assert total.item() < 0.2 * first
+
+
+def _reference_mask_losses(outputs, targets, indices, num_masks):
+    """The per-pair mask losses summed in the matcher's own order, each target mask indexed on its own."""
+    from torch.nn import functional as F
+
+    from simformer.modeling.losses.mask import dice_loss, sigmoid_focal_loss
+
+    focal = dice = 0.0
+    for b, (src, tgt) in enumerate(indices):
+        has = targets[b].get("has_mask", torch.ones(len(targets[b]["labels"]), dtype=torch.bool))
+        for i, j in zip(src.tolist(), tgt.tolist()):
+            if not has[j]:
+                continue
+            t = targets[b]["masks"][j]
+            s = F.interpolate(outputs["pred_masks"][b, i][None, None], size=t.shape, mode="bilinear", align_corners=False)
+            focal = focal + sigmoid_focal_loss(s.flatten(1), t.flatten()[None]).sum()
+            dice = dice + dice_loss(s.flatten(1), t.flatten()[None]).sum()
+    return focal / num_masks, dice / num_masks
+
+
+def test_mask_losses_equal_per_pair_reference_with_shared_target_masks():
+    """The mask losses pair queries with the targets in target order and read the target masks from one
+    concatenation shared by every layer: same values as indexing each pair's mask, with or without
+    targets lacking a mask; the shared tensor is used as is when every has-mask target is matched."""
+    outputs, targets = _setup()
+    outputs["aux_outputs"] = [{"pred_logits": outputs["pred_logits"] * 0.5, "pred_masks": outputs["pred_masks"].flip(1)}]
+    criterion = SetCriterion(3, HungarianMatcher(), eos_coef=0.1)
+    for has_mask in (None, [torch.tensor([True, False]), torch.tensor([True])]):
+        if has_mask is not None:
+            for t, h in zip(targets, has_mask):
+                t["has_mask"] = h
+        losses = criterion(outputs, targets)
+        for layer, suffix in ((outputs, ""), (outputs["aux_outputs"][0], "_0")):
+            indices = criterion.matcher(layer, targets)
+            focal, dice = _reference_mask_losses(layer, targets, indices, 2.0 if has_mask is not None else 3.0)
+            assert torch.allclose(losses["loss_focal" + suffix], focal, atol=1e-6)
+            assert torch.allclose(losses["loss_dice" + suffix], dice, atol=1e-6)
+
+    from simformer.modeling.criterion import HOST_HAS_MASK, MASKS_WITH_MASK, host_has_mask
+
+    for t in targets:
+        t.pop("has_mask")
+    shared = torch.cat([t["masks"] for t in targets])
+    copies = [dict(t, **{HOST_HAS_MASK: f, MASKS_WITH_MASK: shared}) for t, f in zip(targets, host_has_mask(targets))]
+    _, _, masks = criterion._matched_with_mask(copies, criterion.matcher(outputs, copies), torch.device("cpu"))
+    assert masks is shared
