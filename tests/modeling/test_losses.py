@@ -72,6 +72,31 @@ def test_dice_loss_matches_hand_computation():
     assert dice_loss(torch.tensor([[50.0, -50.0]]), torch.tensor([[1.0, 0.0]])).item() < 1e-6
 
 
+def test_dice_loss_gradient_and_saved_tensors():
+    """The hand-written backward (targets without gradient) equals autograd through the formula, and the
+    forward keeps the logits and targets plus two (N,) sums instead of the (N, P) probabilities."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 300, dtype=torch.float64, requires_grad=True)
+    y = (torch.rand(5, 300) > 0.6).double()
+    assert torch.autograd.gradcheck(lambda a: dice_loss(a, y), (x,))
+    ref_x = x.detach().clone().requires_grad_(True)
+    p = ref_x.sigmoid()
+    ref = 1 - (2 * (p * y).sum(1) + 1) / (p.sum(1) + y.sum(1) + 1)
+    w = torch.randn(5, dtype=torch.float64)
+    (dice_loss(x, y) * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.allclose(dice_loss(x, y), ref) and torch.allclose(x.grad, ref_x.grad, atol=1e-15)
+    # soft targets that need a gradient take the autograd form and get one
+    soft = torch.rand(5, 300, dtype=torch.float64, requires_grad=True)
+    dice_loss(x, soft).sum().backward()
+    assert soft.grad is not None and soft.grad.abs().sum() > 0
+
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        dice_loss(x.float() * 1.0, y.float())
+    assert sorted(saved) == [5, 5, 1500, 1500]
+
+
 def test_pairwise_costs_equal_per_pair_losses():
     g = torch.Generator().manual_seed(0)
     pred = torch.randn(5, 30, generator=g)

@@ -68,11 +68,43 @@ class _BinaryFocalLoss(torch.autograd.Function):
 
 
 def dice_loss(logits, targets, smooth: float = 1.0):
-    """Per-mask dice loss: 1 - (2 sum p y + s) / (sum p + sum y + s); (N, P), (N, P) -> (N,)."""
+    """Per-mask dice loss: 1 - (2 sum p y + s) / (sum p + sum y + s); (N, P), (N, P) -> (N,).
+
+    With targets that need no gradient (masks, pseudo-labels) it runs through :class:`_DiceLoss`, which
+    keeps only the logits and targets for backward (the targets are usually kept anyway) instead of the
+    (N, P) probabilities: 4 MiB less per decoder layer for 16 masks at 256x256.
+    """
+    if not targets.requires_grad:
+        return _DiceLoss.apply(logits, targets, smooth)
     prob = logits.sigmoid()
     numerator = 2 * (prob * targets).sum(dim=1)
     denominator = prob.sum(dim=1) + targets.sum(dim=1)
     return 1 - (numerator + smooth) / (denominator + smooth)
+
+
+class _DiceLoss(torch.autograd.Function):
+    """:func:`dice_loss` with a hand-written backward: with I = sum p y, U = sum p + sum y,
+    d loss / d p_k = ((2 I + s) - 2 y_k (U + s)) / (U + s)^2 and d p / d x = p (1 - p); p is recomputed
+    from the saved logits."""
+
+    @staticmethod
+    def forward(ctx, x, y, smooth):
+        prob = x.sigmoid()
+        inter = (prob * y).sum(dim=1)
+        union = prob.sum(dim=1) + y.sum(dim=1)
+        ctx.save_for_backward(x, y, inter, union)
+        ctx.smooth = smooth
+        return 1 - (2 * inter + smooth) / (union + smooth)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, inter, union = ctx.saved_tensors
+        den = union + ctx.smooth
+        scale = (grad / den.square())[:, None]
+        prob = x.sigmoid()
+        # (2I + s - 2 y (U + s)) p (1 - p) * grad / (U + s)^2
+        d = y.mul(-2.0 * den[:, None]).add_((2 * inter + ctx.smooth)[:, None])
+        return d.mul_(prob).mul_(prob.neg_().add_(1.0)).mul_(scale), None, None
 
 
 def batch_sigmoid_focal_cost(logits, targets, alpha: float = 0.25, gamma: float = 2.0):
