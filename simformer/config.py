@@ -345,8 +345,8 @@ def add_simformer_config(cfg):
     cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NOVEL_WEIGHT = 0.0
     # Class prototypes of the pixel classifier: "queries" = per-image prototypes pooled from the final-layer query
     # mask-embeddings (spec §9.2 "B2"); "learned" = the classifier's own class weights, shared by all images, so
-    # the pixel features themselves must tell the classes apart (on data where classes share a texture and differ
-    # by shape, "queries" never trains shape into the pixel features: README, second dataset).
+    # the pixel features themselves must tell the classes apart (on the second synthetic dataset both leave the
+    # model shape-blind alike: README, second dataset, item (6)).
     cfg.MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES = "queries"
     # Semantic map of inference: "maskformer" = sum_q p_q(k) sigmoid(m_q); "pixel" = softmax of the pixel
     # classifier's logits; "fusion" = maskformer^(1 - FUSION_WEIGHT) * pixel^FUSION_WEIGHT (weighted geometric mean).

@@ -84,8 +84,6 @@ class MaskFormerHead(nn.Module):
         if pc.NAME and pc.NAME not in CLASSIFIER_REGISTRY:
             raise KeyError(f"MODEL.MASK_FORMER.PIXEL_CLASSIFIER.NAME={pc.NAME!r} is not in CLASSIFIER_REGISTRY ({sorted(k for k, _ in CLASSIFIER_REGISTRY)})")
         pixel_classifier = CLASSIFIER_REGISTRY.get(pc.NAME)(cfg, head.MASK_DIM, head.NUM_CLASSES) if pc.NAME else None
-        if pc.PROTOTYPES not in PIXEL_PROTOTYPES:
-            raise ValueError(f"MODEL.MASK_FORMER.PIXEL_CLASSIFIER.PROTOTYPES must be one of {PIXEL_PROTOTYPES}, got {pc.PROTOTYPES!r}")
         if pixel_classifier is not None and pc.PROTOTYPES == "queries":
             pixel_classifier.expect_prototypes()  # the per-image prototypes replace its own class weights
         return {
